@@ -1,0 +1,65 @@
+"""Every error promptlabel raises on purpose.
+
+    PromptlabelError
+    ├── InputError                 the user's input is wrong; the message names the file or field
+    │   ├── OntologyError          an ontology file is invalid (line and field named)
+    │   └── ImageError             one image cannot be used (reason: corrupt, truncated, ...)
+    ├── ModelLoadError             a checkpoint cannot be loaded (says which, from where, what to do)
+    ├── VerifierError              the verifier backend failed after its retries
+    │   └── VerifierRateLimited    the backend kept answering 429
+    └── StoreError                 the workspace database cannot be used
+
+The CLI turns a PromptlabelError that is not an ImageError into one line and exit code 2; an
+ImageError is recorded against its image and the run goes on.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ImageError",
+    "InputError",
+    "ModelLoadError",
+    "OntologyError",
+    "PromptlabelError",
+    "StoreError",
+    "VerifierError",
+    "VerifierRateLimited",
+]
+
+
+class PromptlabelError(Exception):
+    """Base of every error promptlabel raises on purpose."""
+
+
+class InputError(PromptlabelError):
+    """The user's input (a file, an option, a field) is wrong."""
+
+
+class OntologyError(InputError):
+    """An ontology file is invalid."""
+
+
+class ImageError(InputError):
+    """One image cannot be used; ``reason`` is a short machine-readable word."""
+
+    def __init__(self, path: str, reason: str, detail: str = "") -> None:
+        self.path = path
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class ModelLoadError(PromptlabelError):
+    """A model checkpoint cannot be loaded."""
+
+
+class VerifierError(PromptlabelError):
+    """The verifier backend failed after its retries."""
+
+
+class VerifierRateLimited(VerifierError):
+    """The verifier backend kept answering 429 Too Many Requests."""
+
+
+class StoreError(PromptlabelError):
+    """The workspace database cannot be used."""

@@ -1,0 +1,77 @@
+"""Routing: every proposal ends as accepted, rejected or needs_review; nothing is silently dropped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from labeler.exceptions import InputError
+
+__all__ = ["RouteDecision", "RouteThresholds", "Status", "route"]
+
+
+class Status(StrEnum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    NEEDS_REVIEW = "needs_review"
+
+
+@dataclass(frozen=True)
+class RouteThresholds:
+    """``accept``/``reject`` apply to the verifier's yes-probability; ``review_below_score`` sends
+    proposals whose detector score is lower to review even when the verifier (or no verifier) agrees."""
+
+    accept: float = 0.7
+    reject: float = 0.3
+    review_below_score: float = 0.0
+
+    def __post_init__(self) -> None:
+        options = {
+            "--accept-threshold": self.accept,
+            "--reject-threshold": self.reject,
+            "--review-below-score": self.review_below_score,
+        }
+        for option, value in options.items():
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"{option} must be within [0, 1], got {value}")
+        if self.reject > self.accept:
+            raise InputError(
+                f"--reject-threshold ({self.reject}) must not be above --accept-threshold ({self.accept})"
+            )
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    status: Status
+    reason: str
+
+
+def route(
+    *,
+    detector_score: float,
+    verified: bool,
+    yes_prob: float | None = None,
+    error: str | None = None,
+    thresholds: RouteThresholds,
+) -> RouteDecision:
+    """Decide one proposal's status from stored scores; pure, so re-routing needs no model.
+
+    ``verified`` is False when the class (or the whole run) skips verification; then ``yes_prob`` and
+    ``error`` are ignored.
+    """
+    low_score = detector_score < thresholds.review_below_score
+    if not verified:
+        if low_score:
+            return RouteDecision(Status.NEEDS_REVIEW, "detector score below review threshold")
+        return RouteDecision(Status.ACCEPTED, "detector only")
+    if error is not None:
+        return RouteDecision(Status.NEEDS_REVIEW, f"verifier error: {error}")
+    if yes_prob is None:
+        return RouteDecision(Status.NEEDS_REVIEW, "verifier answer could not be parsed")
+    if yes_prob <= thresholds.reject:
+        return RouteDecision(Status.REJECTED, f"verifier said no (p_yes={yes_prob:.3f})")
+    if yes_prob >= thresholds.accept:
+        if low_score:
+            return RouteDecision(Status.NEEDS_REVIEW, "detector score below review threshold")
+        return RouteDecision(Status.ACCEPTED, f"verifier said yes (p_yes={yes_prob:.3f})")
+    return RouteDecision(Status.NEEDS_REVIEW, f"verifier uncertain (p_yes={yes_prob:.3f})")

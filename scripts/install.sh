@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Creates .venv and installs promptlabel with the given extras (default: all). CI, the Makefile and
+# the Docker images all install through this script, so what CI tests is what they ship.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-all}"
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+# No pin on torch: pip resolves the newest build (see README, "Installing").
+.venv/bin/python -m pip install --quiet -e ".[${extras}]"

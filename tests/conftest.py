@@ -1,0 +1,13 @@
+"""Shared fixtures. Nothing in the test suite touches the network."""
+
+from __future__ import annotations
+
+import os
+
+# Before any import of transformers / ultralytics / huggingface_hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["YOLO_OFFLINE"] = "True"
+os.environ["YOLO_AUTOINSTALL"] = "false"
+os.environ.pop("OPENAI_API_KEY", None)
+os.environ.pop("OPENAI_BASE_URL", None)
