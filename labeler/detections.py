@@ -95,7 +95,8 @@ class Detections:
     @property
     def area(self) -> npt.NDArray[np.float32]:
         wh = np.clip(self.xyxy[:, 2:] - self.xyxy[:, :2], 0, None)
-        return wh[:, 0] * wh[:, 1]
+        area: npt.NDArray[np.float32] = wh[:, 0] * wh[:, 1]
+        return area
 
     def with_clipped_boxes(self, image_wh: tuple[int, int]) -> Detections:
         """Boxes clipped to the image; boxes that end up with no area are dropped."""
@@ -103,5 +104,7 @@ class Detections:
         clipped = self.xyxy.copy()
         clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
         clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
-        out = Detections(clipped, self.class_id, self.confidence, dict(self.data), dict(self.metadata))
+        out = Detections(
+            clipped, self.class_id, self.confidence, dict(self.data), dict(self.metadata)
+        )
         return out[out.area > 0]

@@ -4,7 +4,7 @@
     ├── InputError                 the user's input is wrong; the message names the file or field
     │   ├── OntologyError          an ontology file is invalid (line and field named)
     │   └── ImageError             one image cannot be used (reason: corrupt, truncated, ...)
-    ├── ModelLoadError             a checkpoint cannot be loaded (says which, from where, what to do)
+    ├── ModelLoadError             a checkpoint cannot be loaded (which, from where, what to do)
     ├── VerifierError              the verifier backend failed after its retries
     │   └── VerifierRateLimited    the backend kept answering 429
     └── StoreError                 the workspace database cannot be used

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from labeler.exceptions import ImageError
@@ -23,6 +25,9 @@ __all__ = [
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb limit
+# Leading bytes of the formats we accept: a file that starts like an image but cannot be opened is
+# a damaged image ("corrupt"), not some other kind of file ("not_an_image").
+_SIGNATURES = (b"\xff\xd8", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*")
 
 
 @dataclass(frozen=True)
@@ -56,11 +61,41 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _looks_like_an_image(data: bytes) -> bool:
+    return data.startswith(_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def _as_rgb(image: Image.Image) -> Image.Image:
+    """An RGB copy of ``image``; 16-bit grayscale keeps its high byte, as OpenCV does.
+
+    32-bit integer grayscale is read as 16-bit (values clipped to 0..65535).
+    """
+    if image.mode.startswith("I;16") or image.mode == "I":
+        # Pillow's convert() clips these at 255, which turns most 16-bit images white.
+        high_byte = np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8
+        image = Image.fromarray(high_byte.astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
+def _pillow_open(data: bytes) -> Image.Image:
+    """``PIL.Image.open`` as Pillow ships it, even after Ultralytics has been imported.
+
+    Importing Ultralytics replaces ``PIL.Image.open`` with a wrapper that, the first time a file
+    is not recognised, pip-installs pi-heif (or raises ModuleNotFoundError when auto-install is
+    off). A text file named ``.jpg`` must stay ``not_an_image`` and never start an install.
+    """
+    opener = Image.open
+    if opener.__module__ != Image.__name__:
+        opener = getattr(sys.modules.get(opener.__module__), "_image_open", opener)
+    return opener(io.BytesIO(data))
+
+
 def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
     """Decode an image fully to RGB with EXIF orientation applied.
 
-    Raises ImageError with reason ``missing``, ``zero_bytes``, ``not_an_image``, ``too_many_pixels``,
-    ``truncated``, ``corrupt`` or ``unreadable``.
+    Raises ImageError with reason ``missing``, ``zero_bytes``, ``not_an_image``,
+    ``too_many_pixels``, ``truncated``, ``corrupt`` (including an image whose header is damaged)
+    or ``unreadable``.
     """
     path = Path(path)
     try:
@@ -76,24 +111,25 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
         with warnings.catch_warnings():
             # Pillow warns below its hard limit; we enforce our own limit instead.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as opened:
+            with _pillow_open(data) as opened:
                 width, height = opened.size
                 if width * height > max_pixels:
                     raise ImageError(
                         str(path), "too_many_pixels", f"{width}x{height} > {max_pixels} pixels"
                     )
                 opened.load()
-                image = ImageOps.exif_transpose(opened)
-                image = image.convert("RGB") if image.mode != "RGB" else image.copy()
+                image = _as_rgb(ImageOps.exif_transpose(opened))
     except ImageError:
         raise
-    except UnidentifiedImageError:
+    except (UnidentifiedImageError, ImportError):  # ImportError: a patched opener, see above
+        if _looks_like_an_image(data):
+            raise ImageError(str(path), "corrupt", "the image header cannot be read") from None
         raise ImageError(str(path), "not_an_image") from None
     except Image.DecompressionBombError as exc:
         raise ImageError(str(path), "too_many_pixels", str(exc)) from None
     except OSError as exc:
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise ImageError(str(path), reason, str(exc)) from None
-    except (ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError(str(path), "corrupt", str(exc)) from None
+    except Exception as exc:  # decoders raise many types (SyntaxError, struct.error, ...)
+        raise ImageError(str(path), "corrupt", f"{type(exc).__name__}: {exc}") from None
     return LoadedImage(path=path, sha256=sha256, image=image)

@@ -136,7 +136,8 @@ def _node_at(
 ) -> yaml.Node | None:
     """The YAML node a pydantic error location points at (as deep as the file has it).
 
-    With ``key_node`` the last mapping step returns the key rather than its value (for unknown keys).
+    With ``key_node`` the last mapping step returns the key rather than its value (for unknown
+    keys).
     """
     node = root
     for depth, key in enumerate(loc):
@@ -181,13 +182,15 @@ def parse_ontology(text: str, *, source: str = "<string>") -> Ontology:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise OntologyError(f"{source}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise OntologyError(
+            f"{source}{where}: not valid YAML ({getattr(exc, 'problem', exc)})"
+        ) from None
     if not isinstance(raw, dict):
         raise OntologyError(f"{source}: expected a mapping with a 'classes' key")
     try:
         parsed = _OntologyFile.model_validate(raw)
     except ValidationError as exc:
-        # A misspelt key is usually the cause of the "field required" error beside it: report it first.
+        # A misspelt key usually causes the "field required" error beside it: report it first.
         errors = sorted(exc.errors(), key=lambda error: error["type"] != "extra_forbidden")
         first = errors[0]
         loc = tuple(first["loc"])
@@ -201,7 +204,9 @@ def parse_ontology(text: str, *, source: str = "<string>") -> Ontology:
     names = [c.name for c in parsed.classes]
     for i, name in enumerate(names):
         if name in names[:i]:
-            node = _node_at(root, ("classes", i, "name")) if isinstance(raw["classes"], list) else None
+            node = (
+                _node_at(root, ("classes", i, "name")) if isinstance(raw["classes"], list) else None
+            )
             line = f":{node.start_mark.line + 1}" if node is not None else ""
             raise OntologyError(f"{source}{line}: classes[{i}].name: duplicate class name {name!r}")
     return Ontology(classes=tuple(parsed.classes), source=source)

@@ -1,4 +1,4 @@
-"""Routing: every proposal ends as accepted, rejected or needs_review; nothing is silently dropped."""
+"""Routing: every proposal ends accepted, rejected or needs_review; nothing is silently dropped."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ class Status(StrEnum):
 @dataclass(frozen=True)
 class RouteThresholds:
     """``accept``/``reject`` apply to the verifier's yes-probability; ``review_below_score`` sends
-    proposals whose detector score is lower to review even when the verifier (or no verifier) agrees."""
+    proposals whose detector score is lower to review even when the verifier (or no verifier)
+    agrees."""
 
     accept: float = 0.7
     reject: float = 0.3
@@ -36,7 +37,8 @@ class RouteThresholds:
                 raise InputError(f"{option} must be within [0, 1], got {value}")
         if self.reject > self.accept:
             raise InputError(
-                f"--reject-threshold ({self.reject}) must not be above --accept-threshold ({self.accept})"
+                f"--reject-threshold ({self.reject}) must not be above "
+                f"--accept-threshold ({self.accept})"
             )
 
 
@@ -56,8 +58,8 @@ def route(
 ) -> RouteDecision:
     """Decide one proposal's status from stored scores; pure, so re-routing needs no model.
 
-    ``verified`` is False when the class (or the whole run) skips verification; then ``yes_prob`` and
-    ``error`` are ignored.
+    ``verified`` is False when the class (or the whole run) skips verification; then ``yes_prob``
+    and ``error`` are ignored.
     """
     low_score = detector_score < thresholds.review_below_score
     if not verified:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -30,9 +31,11 @@ class Settings(BaseSettings):
     max_image_pixels: int = 89_478_485
     request_timeout_s: float = 60.0
     max_retries: int = 5
+    cache_dir: Path = Path.home() / ".cache" / "promptlabel"
+    demo_verifier: str = "transformers:HuggingFaceTB/SmolVLM-256M-Instruct"
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process's settings, read once; tests call ``get_settings.cache_clear()`` after changing env."""
+    """The process's settings, read once; call ``get_settings.cache_clear()`` after changing env."""
     return Settings()

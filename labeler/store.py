@@ -1,8 +1,8 @@
 """The workspace: a SQLite database of images, proposals, verdicts and routed labels.
 
-Every unit of work (an image's proposals, a box's verdict) is committed on its own, so a run killed at
-any point resumes without repeating finished work. Images are keyed by content hash; a file whose size
-and mtime are unchanged is not hashed again.
+Every unit of work (an image's proposals, a box's verdict) is committed on its own, so a run killed
+at any point resumes without repeating finished work. Images are keyed by content hash; a file whose
+size and mtime are unchanged is not hashed again.
 """
 
 from __future__ import annotations
@@ -136,15 +136,17 @@ class Workspace:
             # executescript commits by itself; the schema is idempotent, so it runs outside BEGIN.
             self._db.executescript(_SCHEMA)
             with self._transaction():
-                row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                row = self._db.execute(
+                    "SELECT value FROM meta WHERE key='schema_version'"
+                ).fetchone()
                 if row is None:
                     self._db.execute(
                         "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                     )
                 elif int(row[0]) != SCHEMA_VERSION:
                     raise StoreError(
-                        f"{self.db_path}: workspace schema v{row[0]} is not supported by this version "
-                        f"(v{SCHEMA_VERSION}); use a new --workspace"
+                        f"{self.db_path}: workspace schema v{row[0]} is not supported by this "
+                        f"version (v{SCHEMA_VERSION}); use a new --workspace"
                     )
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.db_path}: cannot open workspace database ({exc})") from None
@@ -192,15 +194,17 @@ class Workspace:
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
-                "sha256=excluded.sha256, size_bytes=excluded.size_bytes, mtime_ns=excluded.mtime_ns, "
-                "error_reason=excluded.error_reason, error_detail=excluded.error_detail",
+                "sha256=excluded.sha256, size_bytes=excluded.size_bytes, "
+                "mtime_ns=excluded.mtime_ns, error_reason=excluded.error_reason, "
+                "error_detail=excluded.error_detail",
                 (path, sha256, size_bytes, mtime_ns, error_reason, error_detail),
             )
 
     def record_file_error(self, path: str, *, reason: str, detail: str) -> None:
         with self._transaction() as db:
             db.execute(
-                "UPDATE files SET error_reason=?, error_detail=? WHERE path=?", (reason, detail, path)
+                "UPDATE files SET error_reason=?, error_detail=? WHERE path=?",
+                (reason, detail, path),
             )
 
     def record_image(self, sha256: str, image_wh: tuple[int, int]) -> None:
@@ -264,7 +268,10 @@ class Workspace:
         ).fetchall()
         if not rows:
             empty = Detections.empty()
-            empty.data = {"proposal_id": np.zeros(0, np.int64), "box_score": np.zeros(0, np.float32)}
+            empty.data = {
+                "proposal_id": np.zeros(0, np.int64),
+                "box_score": np.zeros(0, np.float32),
+            }
             return empty
         table = np.asarray(rows, dtype=np.float64)
         return Detections(
@@ -332,7 +339,15 @@ class Workspace:
 
     def count_rows(self, table: str) -> int:
         """Row count of a workspace table (for reports and tests)."""
-        if table not in {"files", "images", "proposals", "proposal_sets", "verdicts", "runs", "labels"}:
+        if table not in {
+            "files",
+            "images",
+            "proposals",
+            "proposal_sets",
+            "verdicts",
+            "runs",
+            "labels",
+        }:
             raise ValueError(f"unknown table {table!r}")
         row = self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
         return int(row[0])

@@ -29,9 +29,10 @@ def test_short_form() -> None:
 
 
 def test_from_mapping_matches_short_form() -> None:
-    assert Ontology.from_mapping({"truck": "truck"}).classes == parse_ontology(
-        "classes: {truck: truck}"
-    ).classes
+    assert (
+        Ontology.from_mapping({"truck": "truck"}).classes
+        == parse_ontology("classes: {truck: truck}").classes
+    )
 
 
 def test_phrases_are_stripped() -> None:
@@ -57,7 +58,10 @@ def test_phrases_are_stripped() -> None:
         ("classes:\n  - name: a\n    detect: [x, x]\n", "phrases must not repeat"),
         ("classes:\n  - name: a\n", "<string>:2: classes[0].detect: Field required"),
         ("classes:\n  - detect: a\n", "classes[0].name: Field required"),
-        ("classes:\n  - name: a\n    detect: a\n    colour: red\n", "<string>:4: classes[0].colour: unknown key"),
+        (
+            "classes:\n  - name: a\n    detect: a\n    colour: red\n",
+            "<string>:4: classes[0].colour: unknown key",
+        ),
         ("classes:\n  - name: 3\n    detect: a\n", "<string>:2: classes[0].name"),
         ("classes:\n  - name: a\n    detect: 5\n", "<string>:3: classes[0].detect"),
         ("classes:\n  - name: a\n    detect: a\n    verify: true\n", "True is not a question"),

@@ -18,7 +18,11 @@ DEFAULT = RouteThresholds(accept=0.7, reject=0.3)
         ({"verified": True, "yes_prob": 0.3}, Status.REJECTED, "said no"),
         ({"verified": True, "yes_prob": 0.5}, Status.NEEDS_REVIEW, "uncertain"),
         ({"verified": True, "yes_prob": None}, Status.NEEDS_REVIEW, "could not be parsed"),
-        ({"verified": True, "yes_prob": None, "error": "HTTP 500"}, Status.NEEDS_REVIEW, "HTTP 500"),
+        (
+            {"verified": True, "yes_prob": None, "error": "HTTP 500"},
+            Status.NEEDS_REVIEW,
+            "HTTP 500",
+        ),
         # An error wins over a stale probability: never silently accepted.
         ({"verified": True, "yes_prob": 0.99, "error": "timeout"}, Status.NEEDS_REVIEW, "timeout"),
     ],
@@ -31,7 +35,10 @@ def test_route_table(kwargs: dict[str, object], status: Status, reason_part: str
 
 def test_low_detector_score_goes_to_review_unless_rejected() -> None:
     thresholds = RouteThresholds(review_below_score=0.4)
-    assert route(detector_score=0.3, verified=False, thresholds=thresholds).status is Status.NEEDS_REVIEW
+    assert (
+        route(detector_score=0.3, verified=False, thresholds=thresholds).status
+        is Status.NEEDS_REVIEW
+    )
     assert (
         route(detector_score=0.3, verified=True, yes_prob=0.9, thresholds=thresholds).status
         is Status.NEEDS_REVIEW
@@ -40,7 +47,9 @@ def test_low_detector_score_goes_to_review_unless_rejected() -> None:
         route(detector_score=0.3, verified=True, yes_prob=0.1, thresholds=thresholds).status
         is Status.REJECTED
     )
-    assert route(detector_score=0.5, verified=False, thresholds=thresholds).status is Status.ACCEPTED
+    assert (
+        route(detector_score=0.5, verified=False, thresholds=thresholds).status is Status.ACCEPTED
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,569 @@
+"""The label run: scan -> propose -> verify -> route -> export -> report.
+
+Each stage reads what earlier runs stored in the workspace and does only the work that is missing,
+so re-running the same command resumes after a crash or Ctrl-C, and changing only routing thresholds
+re-routes from stored scores without loading any model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from labeler.detections import Detections
+from labeler.exceptions import ImageError, InputError
+from labeler.export import ExportItem, export_dataset
+from labeler.images import LoadedImage, iter_image_paths, load_image, sha256_file
+from labeler.ontology import Ontology
+from labeler.propose import DetectorOptions
+from labeler.route import RouteThresholds, Status, route
+from labeler.store import LabelRow, StoredVerdict, Workspace
+from labeler.verify import check_verifier_spec, question_for, verdict_cache_key
+from labeler.verify.identity import verifier_identity
+
+if TYPE_CHECKING:
+    import httpx
+
+    from labeler.propose import Detector
+    from labeler.verify import Verifier
+
+__all__ = ["LabelConfig", "ProgressSink", "propose_key", "run_label"]
+
+log = logging.getLogger(__name__)
+
+WORKSPACE_DIRNAME = ".promptlabel"
+
+
+class ProgressSink(Protocol):
+    """Where a run reports progress; the CLI draws rich bars, the service updates job counters."""
+
+    def start(self, stage: str, total: int) -> None: ...
+
+    def advance(self, stage: str, amount: int = 1) -> None: ...
+
+
+class _NoProgress:
+    def start(self, stage: str, total: int) -> None:
+        pass
+
+    def advance(self, stage: str, amount: int = 1) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    images_dir: Path
+    ontology: Ontology
+    out_dir: Path
+    detector: str
+    detector_options: DetectorOptions = field(default_factory=DetectorOptions)
+    verifier: str = "none"
+    verifier_url: str | None = None
+    verify_mode: str = "crop"
+    concurrency: int = 16
+    request_timeout_s: float = 60.0
+    max_retries: int = 5
+    thresholds: RouteThresholds = field(default_factory=RouteThresholds)
+    val_fraction: float = 0.2
+    max_image_pixels: int = 89_478_485
+    workspace_dir: Path | None = None
+
+    @property
+    def workspace(self) -> Path:
+        return self.workspace_dir or self.out_dir / WORKSPACE_DIRNAME
+
+    def validate(self) -> None:
+        """Check everything that can be checked before any model loads."""
+        if not self.images_dir.is_dir():
+            raise InputError(f"{self.images_dir}: images folder not found")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise InputError(f"--val-fraction must be within [0, 1), got {self.val_fraction}")
+        if self.concurrency < 1:
+            raise InputError(f"--concurrency must be at least 1, got {self.concurrency}")
+        if self.verify_mode not in {"crop", "marks"}:
+            raise InputError(f"--verify-mode must be 'crop' or 'marks', got {self.verify_mode!r}")
+        options = self.detector_options
+        for name in ("box_threshold", "text_threshold", "nms_iou"):
+            if not 0.0 <= getattr(options, name) <= 1.0:
+                option = "--" + name.replace("_", "-")
+                raise InputError(f"{option} must be within [0, 1], got {getattr(options, name)}")
+        if options.max_det < 1 or options.batch_size < 1:
+            raise InputError("--max-det and --batch-size must be at least 1")
+        check_verifier_spec(self.verifier)
+
+
+def propose_key(config: LabelConfig) -> str:
+    """Identifies a proposal set: the detector, each option that changes its output, the phrases."""
+    options = config.detector_options
+    payload = {
+        "detector": config.detector,
+        "box_threshold": options.box_threshold,
+        "text_threshold": options.text_threshold,
+        "max_det": options.max_det,
+        "nms_iou": options.nms_iou,
+        "phrases": [list(c.detect) for c in config.ontology.classes],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class _Scan:
+    """Files found this run; ``first_path`` maps each decodable content hash to one file."""
+
+    paths: list[Path]
+    sha_by_path: dict[Path, str]
+    failed: dict[Path, str]
+    first_path: dict[str, Path]
+
+    def fail(self, sha256: str, error: ImageError) -> None:
+        for path, sha in self.sha_by_path.items():
+            if sha == sha256:
+                self.failed[path] = f"{error.reason}" + (
+                    f": {error.detail}" if error.detail else ""
+                )
+        self.first_path.pop(sha256, None)
+
+
+def _scan(config: LabelConfig, workspace: Workspace, progress: ProgressSink) -> _Scan:
+    # The dataset may be written inside the images folder; its copies are not new inputs.
+    excluded = [config.out_dir.resolve(), config.workspace.resolve()]
+    paths = [
+        path
+        for path in iter_image_paths(config.images_dir)
+        if not any(path.resolve().is_relative_to(folder) for folder in excluded)
+    ]
+    progress.start("scan", len(paths))
+    scan = _Scan(paths=paths, sha_by_path={}, failed={}, first_path={})
+    for path in paths:
+        key = str(path.resolve())
+        try:
+            stat = path.stat()
+            record = workspace.known_file(key, size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns)
+            if record is None:
+                sha = sha256_file(path)
+                workspace.record_file(
+                    key, sha256=sha, size_bytes=stat.st_size, mtime_ns=stat.st_mtime_ns
+                )
+                error_reason, error_detail = None, None
+            else:
+                sha, error_reason, error_detail = (
+                    record.sha256,
+                    record.error_reason,
+                    record.error_detail,
+                )
+        except OSError as exc:
+            scan.failed[path] = f"unreadable: {exc.strerror or exc}"
+            progress.advance("scan")
+            continue
+        scan.sha_by_path[path] = sha
+        if error_reason is not None:
+            scan.failed[path] = error_reason + (f": {error_detail}" if error_detail else "")
+        else:
+            scan.first_path.setdefault(sha, path)
+        progress.advance("scan")
+    return scan
+
+
+def _decode(sha256: str, scan: _Scan, config: LabelConfig) -> LoadedImage | ImageError:
+    """Decode one image; safe to call off the main thread (touches no database)."""
+    try:
+        return load_image(scan.first_path[sha256], max_pixels=config.max_image_pixels)
+    except ImageError as error:
+        return error
+
+
+def _record_decoded(
+    sha256: str, decoded: LoadedImage | ImageError, scan: _Scan, workspace: Workspace
+) -> LoadedImage | None:
+    if isinstance(decoded, LoadedImage):
+        workspace.record_image(sha256, decoded.image_wh)
+        return decoded
+    log.warning("skipping image %s", decoded)
+    for path, sha in scan.sha_by_path.items():
+        if sha == sha256:
+            workspace.record_file_error(
+                str(path.resolve()), reason=decoded.reason, detail=decoded.detail
+            )
+    scan.fail(sha256, decoded)
+    return None
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _propose(
+    config: LabelConfig,
+    scan: _Scan,
+    workspace: Workspace,
+    key: str,
+    progress: ProgressSink,
+    detector: Detector | None,
+) -> None:
+    done = workspace.proposed_images(key)
+    pending = [sha for sha in scan.first_path if sha not in done]
+    progress.start("propose", len(pending))
+    if not pending:
+        return
+    if detector is None:
+        from labeler.propose import load_detector
+
+        detector = load_detector(config.detector, config.detector_options)
+    batches = list(_chunks(pending, config.detector_options.batch_size))
+
+    def decode(batch: Sequence[str]) -> list[LoadedImage | ImageError]:
+        return [_decode(sha, scan, config) for sha in batch]
+
+    # Decoding the next batch overlaps the detector's forward pass (torch releases the GIL).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        upcoming: Future[list[LoadedImage | ImageError]] = pool.submit(decode, batches[0])
+        for index, batch in enumerate(batches):
+            decoded = upcoming.result()
+            if index + 1 < len(batches):
+                upcoming = pool.submit(decode, batches[index + 1])
+            loaded = [
+                (sha, image)
+                for sha, result in zip(batch, decoded, strict=True)
+                if (image := _record_decoded(sha, result, scan, workspace)) is not None
+            ]
+            if loaded:
+                results = detector.propose([image.image for _, image in loaded], config.ontology)
+                for (sha, _), detections in zip(loaded, results, strict=True):
+                    workspace.save_proposals(sha, key, detections, config.ontology.names)
+            progress.advance("propose", len(decoded))
+
+
+@dataclass
+class _BoxWork:
+    """Boxes of one image that still need a verdict."""
+
+    sha256: str
+    xyxy: np.ndarray
+    questions: list[str]
+    cache_keys: list[str]
+
+
+def _questions(config: LabelConfig) -> list[str | None]:
+    if config.verifier == "none":
+        return [None] * len(config.ontology.classes)
+    return [question_for(c) for c in config.ontology.classes]
+
+
+def _box_keys(
+    sha256: str, proposals: Detections, questions: list[str | None], identity: Any, mode: str
+) -> list[str | None]:
+    keys: list[str | None] = []
+    for xyxy, class_id, _ in proposals:
+        question = questions[class_id]
+        keys.append(
+            None
+            if question is None or identity is None
+            else verdict_cache_key(
+                image_sha256=sha256,
+                xyxy=xyxy.tolist(),
+                question=question,
+                model_id=identity.model_id,
+                template_hash=identity.template_hash,
+                mode=mode,
+            )
+        )
+    return keys
+
+
+@dataclass
+class _VerifyStats:
+    calls: int = 0
+    cache_hits: int = 0
+    errors: int = 0
+
+
+def _verify(
+    config: LabelConfig,
+    scan: _Scan,
+    workspace: Workspace,
+    key: str,
+    progress: ProgressSink,
+    verifier: Verifier | None,
+    http_client: httpx.AsyncClient | None,
+) -> _VerifyStats:
+    stats = _VerifyStats()
+    questions = _questions(config)
+    if all(q is None for q in questions):
+        progress.start("verify", 0)
+        return stats
+    identity = verifier_identity(config.verifier, mode=config.verify_mode)
+    work: list[_BoxWork] = []
+    for sha in scan.first_path:
+        proposals = workspace.load_proposals(sha, key)
+        keys = _box_keys(sha, proposals, questions, identity, config.verify_mode)
+        stored = workspace.get_verdicts(k for k in keys if k is not None)
+        # Verdicts that ended in an error are retried; parsed answers, even unclear ones, are kept.
+        missing = [
+            i for i, k in enumerate(keys) if k is not None and (k not in stored or stored[k].error)
+        ]
+        stats.cache_hits += sum(
+            1 for k in keys if k is not None and k in stored and not stored[k].error
+        )
+        if missing:
+            work.append(
+                _BoxWork(
+                    sha256=sha,
+                    xyxy=proposals.xyxy[missing],
+                    questions=[questions[int(proposals.class_id[i])] or "" for i in missing],
+                    cache_keys=[keys[i] or "" for i in missing],
+                )
+            )
+    progress.start("verify", sum(len(w.cache_keys) for w in work))
+    if not work:
+        return stats
+
+    async def verify_all() -> None:
+        nonlocal verifier
+        owned = verifier is None
+        if verifier is None:
+            from labeler.verify import load_verifier
+
+            verifier = load_verifier(
+                config.verifier,
+                url=config.verifier_url,
+                concurrency=config.concurrency,
+                mode=config.verify_mode,
+                timeout_s=config.request_timeout_s,
+                max_retries=config.max_retries,
+                http_client=http_client,
+                device=config.detector_options.device,
+            )
+        assert verifier is not None
+        calls_before, errors_before = verifier.stats.calls, verifier.stats.errors
+        # Bounding images in flight keeps memory flat on large folders while still giving the
+        # verifier's own limit enough boxes to stay saturated.
+        image_slots = asyncio.Semaphore(max(2, config.concurrency))
+
+        async def verify_image(item: _BoxWork) -> None:
+            async with image_slots:
+                if item.sha256 not in scan.first_path:
+                    return
+                decoded = await asyncio.to_thread(_decode, item.sha256, scan, config)
+                loaded = _record_decoded(item.sha256, decoded, scan, workspace)
+                if loaded is None:
+                    return
+                verdicts = await verifier.verify_boxes(loaded.image, item.xyxy, item.questions)
+                workspace.save_verdicts(
+                    [
+                        {
+                            "cache_key": cache_key,
+                            "answer": verdict.answer,
+                            "yes_prob": verdict.yes_prob,
+                            "raw": verdict.raw,
+                            "error": verdict.error,
+                            "model_id": verifier.model_id,
+                            "template_id": verifier.template_id,
+                            "template_hash": verifier.template_hash,
+                            "mode": verifier.mode,
+                            "question": question,
+                        }
+                        for cache_key, verdict, question in zip(
+                            item.cache_keys, verdicts, item.questions, strict=True
+                        )
+                    ]
+                )
+                progress.advance("verify", len(item.cache_keys))
+
+        try:
+            await asyncio.gather(*(verify_image(item) for item in work))
+        finally:
+            stats.calls += verifier.stats.calls - calls_before
+            stats.errors += verifier.stats.errors - errors_before
+            if owned:
+                await verifier.aclose()
+
+    asyncio.run(verify_all())
+    return stats
+
+
+@dataclass
+class _Routed:
+    rows: list[LabelRow]
+    items: list[ExportItem]
+    review: list[dict[str, Any]]
+    per_class: dict[str, Counter[str]]
+
+
+def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> _Routed:
+    questions = _questions(config)
+    identity = (
+        None
+        if all(q is None for q in questions)
+        else verifier_identity(config.verifier, mode=config.verify_mode)
+    )
+    names = config.ontology.names
+    routed = _Routed(rows=[], items=[], review=[], per_class={n: Counter() for n in names})
+    sizes = workspace.image_sizes(scan.first_path)
+    for sha in sorted(scan.first_path):
+        proposals = workspace.load_proposals(sha, key)
+        keys = _box_keys(sha, proposals, questions, identity, config.verify_mode)
+        stored = workspace.get_verdicts(k for k in keys if k is not None)
+        accepted: list[int] = []
+        for i, cache_key in enumerate(keys):
+            verdict: StoredVerdict | None = stored.get(cache_key) if cache_key else None
+            decision = route(
+                detector_score=float(proposals.confidence[i]),
+                verified=cache_key is not None,
+                yes_prob=verdict.yes_prob if verdict else None,
+                error=(verdict.error if verdict else "no verdict stored") if cache_key else None,
+                thresholds=config.thresholds,
+            )
+            class_name = names[int(proposals.class_id[i])]
+            routed.per_class[class_name][decision.status.value] += 1
+            routed.rows.append(
+                LabelRow(
+                    proposal_id=int(proposals.data["proposal_id"][i]),
+                    status=decision.status.value,
+                    reason=decision.reason,
+                    verdict_key=cache_key,
+                )
+            )
+            if decision.status is Status.ACCEPTED:
+                accepted.append(i)
+            elif decision.status is Status.NEEDS_REVIEW:
+                routed.review.append(
+                    {
+                        "path": str(scan.first_path[sha]),
+                        "image_sha256": sha,
+                        "class": class_name,
+                        "xyxy": [round(float(v), 2) for v in proposals.xyxy[i]],
+                        "score": round(float(proposals.confidence[i]), 4),
+                        "reason": decision.reason,
+                        "answer": verdict.raw if verdict else None,
+                    }
+                )
+        if sha in sizes:
+            routed.items.append(
+                ExportItem(
+                    source_path=scan.first_path[sha],
+                    sha256=sha,
+                    image_wh=sizes[sha],
+                    detections=proposals[np.asarray(accepted, dtype=np.int64)],
+                )
+            )
+    return routed
+
+
+def run_label(
+    config: LabelConfig,
+    *,
+    progress: ProgressSink | None = None,
+    detector: Detector | None = None,
+    verifier: Verifier | None = None,
+    http_client: httpx.AsyncClient | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a label job and return its report, also written to ``out_dir/report.json``.
+
+    A pre-loaded ``detector`` or ``verifier`` is used instead of loading one (a service worker keeps
+    its models between jobs); otherwise models load only when there is work for them.
+    """
+    config.validate()
+    progress = progress or _NoProgress()
+    key = propose_key(config)
+    timings: dict[str, float] = {}
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    with Workspace(config.workspace) as workspace:
+        run_config = {
+            "images_dir": str(config.images_dir.resolve()),
+            "ontology": [c.model_dump() for c in config.ontology.classes],
+            "detector": config.detector,
+            "detector_options": asdict(config.detector_options),
+            "propose_key": key,
+            "verifier": config.verifier,
+            "verify_mode": config.verify_mode,
+            "thresholds": asdict(config.thresholds),
+            "val_fraction": config.val_fraction,
+        }
+        run_id = workspace.start_run(run_config)
+
+        started = time.perf_counter()
+        scan = _scan(config, workspace, progress)
+        timings["scan"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        _propose(config, scan, workspace, key, progress, detector)
+        timings["propose"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        verify_stats = _verify(config, scan, workspace, key, progress, verifier, http_client)
+        timings["verify"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        routed = _route(config, scan, workspace, key)
+        workspace.save_labels(run_id, routed.rows)
+        timings["route"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        progress.start("export", len(routed.items))
+        summary = export_dataset(
+            routed.items, config.ontology.names, config.out_dir, val_fraction=config.val_fraction
+        )
+        progress.advance("export", len(routed.items))
+        timings["export"] = time.perf_counter() - started
+
+        statuses: Counter[str] = Counter()
+        for counts in routed.per_class.values():
+            statuses.update(counts)
+        identity = (
+            verifier_identity(config.verifier, mode=config.verify_mode)
+            if config.verifier != "none"
+            else None
+        )
+        report: dict[str, Any] = {
+            "images": {
+                "total": len(scan.paths),
+                "labeled": len(scan.paths) - len(scan.failed),
+                "unique": len(scan.first_path),
+                "with_accepted_boxes": sum(1 for item in routed.items if len(item.detections)),
+                "failed": [
+                    {"path": str(path), "error": error}
+                    for path, error in sorted(scan.failed.items())
+                ],
+            },
+            "labels": {status.value: statuses[status.value] for status in Status},
+            "per_class": {
+                name: {status.value: counts[status.value] for status in Status}
+                for name, counts in routed.per_class.items()
+            },
+            "verifier": asdict(verify_stats),
+            "timings_s": {stage: round(seconds, 3) for stage, seconds in timings.items()},
+            "dataset": {
+                "path": str(config.out_dir),
+                "images": summary.images,
+                "boxes": summary.boxes,
+                "background": summary.background,
+            },
+            "provenance": {
+                "run_id": run_id,
+                "workspace": str(config.workspace),
+                "detector": config.detector,
+                "detector_options": asdict(config.detector_options),
+                "propose_key": key,
+                "verifier": identity.model_id if identity else "none",
+                "verify_mode": config.verify_mode,
+                "template_id": identity.template_id if identity else None,
+                "template_hash": identity.template_hash if identity else None,
+                "thresholds": asdict(config.thresholds),
+            },
+        }
+        (config.out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (config.out_dir / "review.json").write_text(json.dumps(routed.review, indent=2) + "\n")
+        workspace.finish_run(run_id, report)
+    return report
