@@ -1,7 +1,6 @@
 # The two commands of the README: `make demo` and `make test`; each sets everything up first.
 .PHONY: install demo test lint bench
 
-export HF_HUB_OFFLINE ?= 0
 export YOLO_OFFLINE ?= True
 export YOLO_AUTOINSTALL ?= false
 

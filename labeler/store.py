@@ -275,9 +275,9 @@ class Workspace:
             return empty
         table = np.asarray(rows, dtype=np.float64)
         return Detections(
-            xyxy=table[:, 2:6],
+            xyxy=table[:, 2:6].astype(np.float32),
             class_id=table[:, 1].astype(np.int64),
-            confidence=table[:, 6],
+            confidence=table[:, 6].astype(np.float32),
             data={
                 "proposal_id": table[:, 0].astype(np.int64),
                 "box_score": table[:, 7].astype(np.float32),

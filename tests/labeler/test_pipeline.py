@@ -1,0 +1,321 @@
+"""The whole label run: stages, resume, re-routing, faults, and a kill in the middle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from labeler.detections import Detections
+from labeler.ontology import Ontology, parse_ontology
+from labeler.pipeline import LabelConfig, run_label
+from labeler.propose import DetectorOptions
+from labeler.route import RouteThresholds
+from labeler.synthetic import write_sample_images
+from tests.fakes.vlm_server import FakeVLMServer, Fault, RecordedRequest
+
+ONTOLOGY = parse_ontology(
+    """
+classes:
+  - name: circle
+    detect: circle
+    verify: Is this a circle?
+  - name: square
+    detect: [square, box]
+  - name: triangle
+    detect: triangle
+    verify: false
+"""
+)
+
+
+class ScriptedDetector:
+    """Three boxes per image, one per class, at positions derived from the image size."""
+
+    model_id = "scripted"
+
+    def __init__(self) -> None:
+        self.images_seen = 0
+
+    def propose(self, images: Sequence[Image.Image], ontology: Ontology) -> list[Detections]:
+        self.images_seen += len(images)
+        out = []
+        for image in images:
+            w, h = image.size
+            out.append(
+                Detections(
+                    xyxy=np.array(
+                        [[0, 0, w / 3, h / 3], [w / 3, h / 3, w / 2, h / 2], [w / 2, h / 2, w, h]]
+                    ),
+                    class_id=np.array([0, 1, 2]),
+                    confidence=np.array([0.9, 0.6, 0.3]),
+                    data={"box_score": np.array([0.9, 0.6, 0.3], np.float32)},
+                    metadata={"image_wh": (w, h)},
+                )
+            )
+        return out
+
+
+class Exploding:
+    """Stands in for a model that must not be used."""
+
+    model_id = "exploding"
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"model used: {name}")
+
+
+def answer_by_question(request: RecordedRequest) -> str:
+    return "Yes" if "circle" in request.prompt_text else "No"
+
+
+@pytest.fixture
+def images_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "images"
+    write_sample_images(folder, n=6, seed=1)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this jpeg stops here")
+    (folder / "notes.png").write_text("not an image at all")
+    (folder / "empty.webp").write_bytes(b"")
+    return folder
+
+
+@pytest.fixture
+def server() -> Iterator[FakeVLMServer]:
+    os.environ["OPENAI_API_KEY"] = "test-key"
+    with FakeVLMServer(script=answer_by_question) as running:
+        yield running
+    os.environ.pop("OPENAI_API_KEY", None)
+
+
+def make_config(
+    images_dir: Path, out_dir: Path, server: FakeVLMServer, **overrides: Any
+) -> LabelConfig:
+    fields: dict[str, Any] = {
+        "images_dir": images_dir,
+        "ontology": ONTOLOGY,
+        "out_dir": out_dir,
+        "detector": "scripted",
+        "verifier": "openai:fake-vlm",
+        "verifier_url": server.base_url,
+        "max_retries": 0,
+        "request_timeout_s": 5.0,
+    }
+    fields.update(overrides)
+    return LabelConfig(**fields)
+
+
+def test_full_run_report_dataset_and_failures(
+    images_dir: Path, tmp_path: Path, server: FakeVLMServer
+) -> None:
+    detector = ScriptedDetector()
+    report = run_label(make_config(images_dir, tmp_path / "out", server), detector=detector)
+
+    assert report["images"]["total"] == 9
+    assert report["images"]["labeled"] == 6
+    failed = {Path(f["path"]).name: f["error"] for f in report["images"]["failed"]}
+    assert set(failed) == {"broken.jpg", "notes.png", "empty.webp"}
+    assert failed["empty.webp"].startswith("zero_bytes")
+    assert failed["notes.png"].startswith("not_an_image")
+    assert failed["broken.jpg"].split(":")[0] in {"truncated", "corrupt"}
+    # circle: asked, yes; square: asked with the default question, no; triangle: not asked.
+    assert report["per_class"] == {
+        "circle": {"accepted": 6, "rejected": 0, "needs_review": 0},
+        "square": {"accepted": 0, "rejected": 6, "needs_review": 0},
+        "triangle": {"accepted": 6, "rejected": 0, "needs_review": 0},
+    }
+    assert report["verifier"] == {"calls": 12, "cache_hits": 0, "errors": 0}
+    questions = sorted({r.prompt_text for r in server.model_requests})
+    assert any("Is this a circle?" in q for q in questions)
+    assert any("Is this a square?" in q for q in questions)
+    assert len(server.model_requests) == 12
+    assert set(report["timings_s"]) >= {"propose", "verify", "export"}
+    assert report["provenance"]["verifier"] == "openai:fake-vlm"
+    assert report["provenance"]["template_hash"]
+
+    out = tmp_path / "out"
+    on_disk = json.loads((out / "report.json").read_text())
+    assert (
+        on_disk["labels"] == report["labels"] == {"accepted": 12, "rejected": 6, "needs_review": 0}
+    )
+    label_lines = [
+        line for path in (out / "labels").rglob("*.txt") for line in path.read_text().splitlines()
+    ]
+    assert len(label_lines) == 12
+    assert sorted({line.split()[0] for line in label_lines}) == ["0", "2"]
+    assert json.loads((out / "review.json").read_text()) == []
+
+
+def test_rerun_repeats_nothing(images_dir: Path, tmp_path: Path, server: FakeVLMServer) -> None:
+    config = make_config(images_dir, tmp_path / "out", server)
+    first = run_label(config, detector=ScriptedDetector())
+    calls = len(server.model_requests)
+    second = run_label(config, detector=Exploding())  # type: ignore[arg-type]
+    assert len(server.model_requests) == calls
+    assert second["verifier"] == {"calls": 0, "cache_hits": 12, "errors": 0}
+    assert second["labels"] == first["labels"]
+    assert second["images"]["failed"] == first["images"]["failed"]
+
+
+def test_threshold_change_reroutes_without_models(
+    images_dir: Path, tmp_path: Path, server: FakeVLMServer
+) -> None:
+    run_label(make_config(images_dir, tmp_path / "out", server), detector=ScriptedDetector())
+    rerouted = run_label(
+        make_config(
+            images_dir,
+            tmp_path / "out",
+            server,
+            thresholds=RouteThresholds(accept=0.95, reject=0.05, review_below_score=0.5),
+        ),
+        detector=Exploding(),  # type: ignore[arg-type]
+        verifier=Exploding(),  # type: ignore[arg-type]
+    )
+    # The fake's P(yes) is 0.9 for "Yes" and 0.1 for "No": both now fall between the thresholds;
+    # triangles (score 0.3) fall below the review score.
+    assert rerouted["labels"] == {"accepted": 0, "rejected": 0, "needs_review": 18}
+    review = json.loads((tmp_path / "out" / "review.json").read_text())
+    assert len(review) == 18
+    assert {item["reason"].split(" (")[0] for item in review} == {
+        "verifier uncertain",
+        "detector score below review threshold",
+    }
+
+
+def test_verifier_failures_go_to_review_and_are_retried_next_run(
+    images_dir: Path, tmp_path: Path
+) -> None:
+    os.environ["OPENAI_API_KEY"] = "test-key"
+    faults = [Fault.server_error()] * 4
+    with FakeVLMServer(script=answer_by_question, faults=faults) as server:
+        config = make_config(images_dir, tmp_path / "out", server)
+        first = run_label(config, detector=ScriptedDetector())
+        assert first["verifier"]["errors"] == 4
+        assert first["labels"]["needs_review"] == 4
+        assert first["labels"]["accepted"] + first["labels"]["rejected"] == 18 - 4
+        review = json.loads((tmp_path / "out" / "review.json").read_text())
+        assert all(item["reason"].startswith("verifier error") for item in review)
+        second = run_label(config, detector=Exploding())  # type: ignore[arg-type]
+        assert second["verifier"]["calls"] == 4  # only the failed ones are asked again
+        assert second["labels"] == {"accepted": 12, "rejected": 6, "needs_review": 0}
+
+
+def test_no_verifier_accepts_detector_output(images_dir: Path, tmp_path: Path) -> None:
+    config = LabelConfig(
+        images_dir=images_dir, ontology=ONTOLOGY, out_dir=tmp_path / "out", detector="scripted"
+    )
+    report = run_label(config, detector=ScriptedDetector())
+    assert report["labels"] == {"accepted": 18, "rejected": 0, "needs_review": 0}
+    assert report["verifier"]["calls"] == 0
+
+
+def test_changing_proposal_options_reruns_detector(
+    images_dir: Path, tmp_path: Path, server: FakeVLMServer
+) -> None:
+    detector = ScriptedDetector()
+    run_label(make_config(images_dir, tmp_path / "out", server), detector=detector)
+    assert detector.images_seen == 6
+    run_label(
+        make_config(
+            images_dir, tmp_path / "out", server, detector_options=DetectorOptions(max_det=50)
+        ),
+        detector=detector,
+    )
+    assert detector.images_seen == 12
+
+
+# -- a kill in the middle, through the real CLI and a real tiny detector ---------------------------
+
+
+def _answer_by_crop(request: RecordedRequest) -> str:
+    digest = hashlib.sha256(request.image_urls[0].encode()).hexdigest()
+    return "Yes" if digest[0] in "01234567" else "No"
+
+
+def _label_cmd(images: Path, out: Path, ontology: Path, detector: Path, url: str) -> list[str]:
+    return [
+        sys.executable, "-c", "from serve.cli import main; main()",
+        "label", str(images), "--ontology", str(ontology), "--out", str(out),
+        "--detector", str(detector), "--box-threshold", "0", "--text-threshold", "0",
+        "--max-det", "4", "--verifier", "openai:fake-vlm", "--verifier-url", url,
+        "--concurrency", "2", "--batch-size", "2",
+    ]  # fmt: skip
+
+
+def _dataset_files(out: Path) -> dict[str, bytes]:
+    return {
+        path.relative_to(out).as_posix(): path.read_bytes()
+        for folder in ("labels", "annotations", "images")
+        for path in sorted((out / folder).rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(tiny_detector_dir: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    write_sample_images(images, n=6, seed=3)
+    ontology = tmp_path / "ontology.yaml"
+    ontology.write_text("classes:\n  - {name: shape, detect: [circle, square]}\n")
+    env = {**os.environ, "OPENAI_API_KEY": "test-key"}
+    with FakeVLMServer(script=_answer_by_crop, latency_s=0.25) as server:
+        clean = subprocess.run(
+            _label_cmd(images, tmp_path / "clean", ontology, tiny_detector_dir, server.base_url),
+            env=env, capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+        assert clean.returncode == 0, clean.stderr
+        total_calls = len(server.model_requests)
+        assert total_calls == 24
+
+        server.reset()
+        killed_out = tmp_path / "killed"
+        command = _label_cmd(images, killed_out, ontology, tiny_detector_dir, server.base_url)
+        process = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+        database = killed_out / ".promptlabel" / "workspace.db"
+        deadline = time.monotonic() + 120
+        stored = 0
+        while time.monotonic() < deadline and process.poll() is None:
+            if database.exists():
+                try:
+                    with sqlite3.connect(database, timeout=1) as db:
+                        stored = db.execute("SELECT COUNT(*) FROM verdicts").fetchone()[0]
+                except sqlite3.OperationalError:
+                    stored = 0
+                if stored >= 6:
+                    break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert 6 <= stored < total_calls, "the kill did not land in the middle of verification"
+        calls_before_kill = len(server.model_requests)
+
+        resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+        assert resumed.returncode == 0, resumed.stderr
+        resumed_calls = len(server.model_requests) - calls_before_kill
+        # Finished verdicts are not asked again; at most the calls in flight at the kill repeat.
+        assert resumed_calls <= total_calls - stored
+    assert _dataset_files(killed_out) == _dataset_files(tmp_path / "clean")
+    report = json.loads((killed_out / "report.json").read_text())
+    clean_report = json.loads((tmp_path / "clean" / "report.json").read_text())
+    assert report["labels"] == clean_report["labels"]
+    assert report["labels"]["accepted"] > 0 and report["labels"]["rejected"] > 0
+
+
+def test_dataset_inside_images_folder_is_not_rescanned(images_dir: Path) -> None:
+    config = LabelConfig(
+        images_dir=images_dir, ontology=ONTOLOGY, out_dir=images_dir / "dataset", detector="s"
+    )
+    first = run_label(config, detector=ScriptedDetector())
+    second = run_label(config, detector=Exploding())  # type: ignore[arg-type]
+    assert first["images"]["total"] == second["images"]["total"] == 9
