@@ -1,0 +1,68 @@
+"""promptlabel's labeler: class prompts in, verified labels and a training-ready dataset out.
+
+Light names are imported eagerly; the ones that pull in torch, transformers or the HTTP client load
+on first use, so ``import labeler.detections`` stays cheap for the device runtime.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from labeler.detections import Detections
+from labeler.exceptions import (
+    ImageError,
+    InputError,
+    ModelLoadError,
+    OntologyError,
+    PromptlabelError,
+    StoreError,
+    VerifierError,
+    VerifierRateLimited,
+)
+from labeler.ontology import Ontology, OntologyClass, load_ontology, parse_ontology
+
+_LAZY = {
+    "DetectorOptions": "labeler.propose",
+    "load_detector": "labeler.propose",
+    "load_verifier": "labeler.verify",
+    "ExportItem": "labeler.export",
+    "export_dataset": "labeler.export",
+    "LabelConfig": "labeler.pipeline",
+    "run_label": "labeler.pipeline",
+    "RouteThresholds": "labeler.route",
+    "Status": "labeler.route",
+    "Workspace": "labeler.store",
+}
+
+__all__ = [
+    "Detections",
+    "DetectorOptions",
+    "ExportItem",
+    "ImageError",
+    "InputError",
+    "LabelConfig",
+    "ModelLoadError",
+    "Ontology",
+    "OntologyClass",
+    "OntologyError",
+    "PromptlabelError",
+    "RouteThresholds",
+    "Status",
+    "StoreError",
+    "VerifierError",
+    "VerifierRateLimited",
+    "Workspace",
+    "export_dataset",
+    "load_detector",
+    "load_ontology",
+    "load_verifier",
+    "parse_ontology",
+    "run_label",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'labeler' has no attribute {name!r}")

@@ -40,8 +40,8 @@ def _first_line(error: Exception, limit: int = 160) -> str:
 
 
 def _go_offline_if_hub_unreachable(say: Callable[[str], None], timeout_s: float = 3.0) -> None:
-    """Without a reachable Hub, switch huggingface_hub to offline mode: cached models still load, and
-    nothing waits through the client's retries (minutes per model) before falling back."""
+    """Without a reachable Hub, switch huggingface_hub to offline mode: cached models still load,
+    and nothing waits through the client's retries (minutes per model) before falling back."""
     import huggingface_hub.constants as hub
 
     if hub.HF_HUB_OFFLINE:
@@ -50,9 +50,7 @@ def _go_offline_if_hub_unreachable(say: Callable[[str], None], timeout_s: float 
     try:
         socket.create_connection((host, 443), timeout=timeout_s).close()
     except OSError as error:
-        say(
-            f"[yellow]The Hugging Face Hub ({host}) is unreachable ({error}); using cached models.[/]"
-        )
+        say(f"[yellow]Hugging Face Hub ({host}) unreachable ({error}): cached models only.[/]")
         hub.HF_HUB_OFFLINE = True
         os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -71,8 +69,8 @@ def _load_demo_detector(
             build_tiny_grounding_dino(tiny)
         say(
             f"[bold yellow]OFFLINE SMOKE RUN:[/] the detector {settings.detector} could not "
-            f"be loaded ({_first_line(error)}).\nUsing a tiny RANDOM detector from {tiny}: the pipeline runs "
-            "end to end but its labels are meaningless."
+            f"be loaded ({_first_line(error)}).\nUsing a tiny RANDOM detector from {tiny}: "
+            "the pipeline runs end to end but its labels are meaningless."
         )
         return str(tiny), load_detector(tiny, options)
 
@@ -92,8 +90,8 @@ def _load_demo_verifier(say: Callable[[str], None]) -> tuple[str, Any]:
         spec = f"transformers:{tiny}"
         say(
             f"[bold yellow]OFFLINE SMOKE RUN:[/] the verifier {settings.demo_verifier} could "
-            f"not be loaded ({_first_line(error)}).\nUsing a tiny RANDOM vision-language model from {tiny}: "
-            "its answers are meaningless."
+            f"not be loaded ({_first_line(error)}).\nUsing a tiny RANDOM vision-language model "
+            f"from {tiny}: its answers are meaningless."
         )
         return spec, load_verifier(spec, concurrency=1)
 

@@ -71,7 +71,7 @@ def build_tiny_vlm(path: str | Path, *, yes_prob: float | None = None, seed: int
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
     )
-    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         unk_token="<unk>",
         pad_token="<pad>",
@@ -82,7 +82,7 @@ def build_tiny_vlm(path: str | Path, *, yes_prob: float | None = None, seed: int
         size={"shortest_edge": TINY_IMAGE_PX},
         crop_size={"height": TINY_IMAGE_PX, "width": TINY_IMAGE_PX},
     )
-    processor = LlavaProcessor(  # type: ignore[no-untyped-call]
+    processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=_PATCH_PX,
@@ -119,7 +119,7 @@ def build_tiny_vlm(path: str | Path, *, yes_prob: float | None = None, seed: int
         vision_feature_select_strategy="default",
     )
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()  # type: ignore[no-untyped-call]
+    model = LlavaForConditionalGeneration(config).eval()
     if yes_prob is not None:
         _steer_to_answer(model, vocab, yes_prob)
     path.mkdir(parents=True, exist_ok=True)

@@ -109,7 +109,7 @@ class TransformersVerifier(VerifierBase):
         self.processor: Any
         self.model: Any
         try:
-            self.processor = AutoProcessor.from_pretrained(source)  # type: ignore[no-untyped-call]
+            self.processor = AutoProcessor.from_pretrained(source)
             self.model = AutoModelForImageTextToText.from_pretrained(
                 source, dtype=dtype or torch.float32
             )

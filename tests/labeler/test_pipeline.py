@@ -319,3 +319,22 @@ def test_dataset_inside_images_folder_is_not_rescanned(images_dir: Path) -> None
     first = run_label(config, detector=ScriptedDetector())
     second = run_label(config, detector=Exploding())  # type: ignore[arg-type]
     assert first["images"]["total"] == second["images"]["total"] == 9
+
+
+def test_marks_mode_asks_once_per_image_and_question(images_dir: Path, tmp_path: Path) -> None:
+    os.environ["OPENAI_API_KEY"] = "test-key"
+
+    def all_yes(request: RecordedRequest) -> str:
+        numbers = request.prompt_text.split("labelled ")[1].split(".")[0]
+        return json.dumps({n.strip(): "yes" for n in numbers.replace(" and ", ",").split(",")})
+
+    with FakeVLMServer(script=all_yes) as server:
+        report = run_label(
+            make_config(images_dir, tmp_path / "out", server, verify_mode="marks"),
+            detector=ScriptedDetector(),
+        )
+    # Per image: one call for the circle question, one for the square question.
+    assert report["verifier"]["calls"] == 12
+    assert all(len(r.images()) == 1 for r in server.model_requests)
+    assert report["labels"]["needs_review"] == 0
+    assert report["provenance"]["template_id"].startswith("marks")
