@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     max_image_pixels: int = 89_478_485
     request_timeout_s: float = 60.0
     max_retries: int = 5
+    workspace: Path | None = None  # where `models` and `export` find the registry
+    promote_tolerance: float = 0.005
     cache_dir: Path = Path.home() / ".cache" / "promptlabel"
     demo_verifier: str = "transformers:HuggingFaceTB/SmolVLM-256M-Instruct"
 

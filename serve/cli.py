@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from labeler.exceptions import PromptlabelError
 from labeler.settings import get_settings
+from serve import cli_distill
+from serve.cli_common import RichProgressSink, console, fail, make_progress, setup_logging
 
 app = typer.Typer(
     name="promptlabel",
@@ -31,55 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console(stderr=True)
 settings = get_settings()
-
-STAGE_TITLES = {
-    "scan": "Scanning images",
-    "propose": "Proposing boxes",
-    "verify": "Verifying boxes",
-    "export": "Exporting dataset",
-}
-
-
-class RichProgressSink:
-    """Draws one rich bar per pipeline stage."""
-
-    def __init__(self, progress: Progress) -> None:
-        self._progress = progress
-        self._tasks: dict[str, TaskID] = {}
-
-    def start(self, stage: str, total: int) -> None:
-        self._tasks[stage] = self._progress.add_task(STAGE_TITLES.get(stage, stage), total=total)
-
-    def advance(self, stage: str, amount: int = 1) -> None:
-        self._progress.advance(self._tasks[stage], amount)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description:<18}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
-        force=True,
-    )
-
-
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -171,7 +113,7 @@ def label(
     Re-running the same command resumes; changing only --accept/--reject thresholds or
     --review-below-score re-routes from stored scores without running any model.
     """
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from labeler.ontology import load_ontology
     from labeler.pipeline import LabelConfig, run_label
     from labeler.propose import DetectorOptions
@@ -206,10 +148,10 @@ def label(
             max_image_pixels=settings.max_image_pixels,
             workspace_dir=workspace,
         )
-        with _progress() as progress:
+        with make_progress() as progress:
             report = run_label(config, progress=RichProgressSink(progress))
     except PromptlabelError as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     except KeyboardInterrupt:
         console.print(
             "[yellow]interrupted:[/] finished work is saved; rerun the same command to resume"
@@ -231,17 +173,23 @@ def demo(
     Uses the real default models when they can be loaded; offline it says so and falls back to tiny
     random local checkpoints (a smoke run: the labels are meaningless).
     """
-    _setup_logging(verbose)
+    setup_logging(verbose)
     from labeler.demo import run_demo
 
     try:
-        with _progress() as progress:
+        with make_progress() as progress:
             report = run_demo(
                 out, n_images=images, progress=RichProgressSink(progress), say=console.print
             )
     except PromptlabelError as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     print_report(report)
+
+
+app.command("train")(cli_distill.train_command)
+app.command("eval")(cli_distill.eval_command)
+app.add_typer(cli_distill.models_app, name="models")
+app.command("export")(cli_distill.export_command)
 
 
 def main() -> None:

@@ -1,0 +1,71 @@
+"""What every CLI command shares: the console, progress bars, logging and one-line errors."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+__all__ = ["RichProgressSink", "console", "fail", "make_progress", "setup_logging"]
+
+console = Console(stderr=True)
+
+STAGE_TITLES = {
+    "scan": "Scanning images",
+    "propose": "Proposing boxes",
+    "verify": "Verifying boxes",
+    "export": "Exporting dataset",
+}
+
+
+class RichProgressSink:
+    """Draws one rich bar per pipeline stage."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._tasks: dict[str, TaskID] = {}
+
+    def start(self, stage: str, total: int) -> None:
+        self._tasks[stage] = self._progress.add_task(STAGE_TITLES.get(stage, stage), total=total)
+
+    def advance(self, stage: str, amount: int = 1) -> None:
+        self._progress.advance(self._tasks[stage], amount)
+
+
+def make_progress() -> Progress:
+    # Transient: bars vanish when done, so an error or the summary is what stays on screen.
+    return Progress(
+        TextColumn("{task.description:<18}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+        force=True,
+    )
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one error line; raise the returned Exit."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=code)
