@@ -62,7 +62,7 @@ def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
     for name, row in metrics.get("per_class", {}).items():
         table.add_row(
             name,
-            _fmt(row.get("instances")),
+            _fmt(int(row["instances"]) if "instances" in row else None),
             *(_fmt(row.get(k)) for k in ("precision", "recall", "map50", "map50_95")),
         )
     table.add_row(
@@ -214,9 +214,9 @@ def _version_row(version: ModelVersion) -> list[str]:
         _fmt(version.map50_95),
         _fmt(version.metrics.get("map50")),
         version.parent or "-",
-        (version.dataset_hash or "-")[:12],
+        (version.dataset_hash or "-")[:8],
         ", ".join(sorted(version.artifacts)),
-        version.created_at,
+        version.created_at[:10],
     ]
 
 
@@ -229,9 +229,10 @@ def models_list(workspace: WorkspaceOption = None) -> None:
     except PromptlabelError as error:
         raise fail(str(error)) from None
     table = Table(header_style="bold")
-    for column in ("version", "stage", "source", "mAP50-95", "mAP50", "parent", "dataset",
-                   "artifacts", "created"):  # fmt: skip
-        table.add_column(column)
+    for column in ("version", "stage", "source", "mAP50-95", "mAP50", "parent", "dataset"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("artifacts")
+    table.add_column("created")
     for version in versions:
         table.add_row(*_version_row(version))
     console.print(table)

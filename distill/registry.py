@@ -1,0 +1,824 @@
+"""The model registry: numbered versions of trained or imported students, and a gated production.
+
+A registry lives in a workspace folder::
+
+    WORKSPACE/registry.db          SQLite (WAL): versions, artifacts, promotions
+    WORKSPACE/models/v<N>/         the version's files: model.pt, model.onnx, model.engine, ...
+
+Each version ``v1, v2, ...`` records its metrics, the label-set hash it was trained on, its
+training config, its parent, where it came from (``trained`` or ``imported``) and its files with
+their sha256. Numbers are never reused and are handed out inside a write transaction, so two
+processes registering at once get distinct versions.
+
+**Metrics** are a JSON object. The registry reads these keys (others are kept as they are)::
+
+    map50_95    float in [0, 1]: the number the promotion gate compares
+    map50, per_class, ms_per_image
+    data        the data.yaml (or dataset folder) evaluated } together: the version's
+    split       the split evaluated ("val")                 } evaluation set (``EvalSet``)
+    label_hash  hash of the dataset's labels when evaluated }
+
+**Promotion is gated.** At most one version is ``production``. ``promote(v, evaluate=...)``
+compares v with the current production on production's evaluation set, calling the injected
+``evaluate(weights, eval_set) -> metrics`` for the candidate. The stored production number is
+reused only when it is known to describe the same labels: the candidate's evaluation reports the
+``label_hash`` of the labels it actually read, and if that equals the hash production was
+evaluated on, the labels have not changed and production's stored ``map50_95`` is comparable.
+Otherwise (the labels were edited since, or the evaluator reports no hash) production is evaluated
+again on the same set, so both numbers always come from the same labels. The candidate is
+promoted when its mAP50-95 is not lower than production's by more than ``tolerance``, or when
+``force`` is given. Every decision, promoted or refused, is recorded in ``promotions``; a refusal
+raises nothing (the CLI turns ``promoted=False`` into exit code 1).
+
+A stored number is only comparable if ``evaluate`` measures the way the one that produced it did
+(same imgsz, thresholds, split): record a version's metrics with the same evaluate function that
+is later passed to ``promote``. ``evaluation_metrics`` is that function for
+``distill.evaluate.evaluate``: it returns the metrics above, ``label_hash`` included.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from labeler.exceptions import InputError, ModelLoadError, StoreError
+from labeler.images import sha256_file
+
+__all__ = [
+    "DB_NAME",
+    "Artifact",
+    "EvalSet",
+    "Evaluate",
+    "ModelVersion",
+    "PromotionDecision",
+    "Registry",
+    "evaluation_metrics",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DB_NAME = "registry.db"
+MODELS_DIR = "models"
+_STAGING_PREFIX = ".staging-"
+_KIND_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_VERSION_PATTERN = re.compile(r"^[vV]?(\d+)$")
+# The gate's comparison is inclusive; this absorbs float rounding of e.g. 0.5 - 0.005.
+_GATE_EPSILON = 1e-9
+
+Source = Literal["trained", "imported"]
+Stage = Literal["none", "production"]
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS versions (
+        number INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at TEXT NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('trained', 'imported')),
+        parent INTEGER REFERENCES versions(number),
+        dataset_hash TEXT,
+        metrics TEXT NOT NULL,
+        config TEXT NOT NULL,
+        stage TEXT NOT NULL DEFAULT 'none' CHECK (stage IN ('none', 'production'))
+    )""",
+    # The database itself guarantees at most one production version.
+    "CREATE UNIQUE INDEX IF NOT EXISTS one_production ON versions(stage) "
+    "WHERE stage = 'production'",
+    """CREATE TABLE IF NOT EXISTS artifacts (
+        version INTEGER NOT NULL REFERENCES versions(number),
+        kind TEXT NOT NULL,
+        file TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        is_weights INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (version, kind)
+    )""",
+    """CREATE TABLE IF NOT EXISTS promotions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        version INTEGER NOT NULL REFERENCES versions(number),
+        previous_production INTEGER REFERENCES versions(number),
+        promoted INTEGER NOT NULL,
+        forced INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        candidate_map50_95 REAL,
+        production_map50_95 REAL,
+        tolerance REAL NOT NULL,
+        eval_set TEXT,
+        production_reevaluated INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    )""",
+)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _name(number: int) -> str:
+    return f"v{number}"
+
+
+def _json_default(value: Any) -> Any:
+    """numpy scalars and arrays (from an evaluator) and paths become plain JSON values."""
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _to_json(value: Mapping[str, Any], what: str) -> str:
+    try:
+        return json.dumps(dict(value), default=_json_default, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what} must be a JSON object of plain values ({exc})") from None
+
+
+def _score(metrics: Mapping[str, Any] | None) -> float | None:
+    """``metrics["map50_95"]`` as a finite float, or None when absent or not a number."""
+    if metrics is None:
+        return None
+    value = metrics.get("map50_95")
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A dataset split a model is evaluated on: ``data`` (data.yaml), ``split``, and the hash of
+    that split's labels at evaluation time (None when unknown)."""
+
+    data: Path
+    split: str = "val"
+    label_hash: str | None = None
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, Any]) -> EvalSet | None:
+        """The evaluation set recorded in ``metrics`` (keys data, split, label_hash), if any."""
+        data = metrics.get("data")
+        if not data:
+            return None
+        label_hash = metrics.get("label_hash")
+        return cls(
+            Path(str(data)), str(metrics.get("split") or "val"), label_hash and str(label_hash)
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"data": str(self.data), "split": self.split, "label_hash": self.label_hash}
+
+
+Evaluate = Callable[[Path, EvalSet], Mapping[str, Any]]
+"""``evaluate(weights, eval_set) -> metrics``; metrics carry ``map50_95`` and, ideally, the
+``label_hash`` of the labels actually read (without it, production is always re-evaluated)."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file of a version: ``path`` is absolute, inside the version's folder."""
+
+    kind: str
+    path: Path
+    sha256: str
+    size_bytes: int
+    is_weights: bool
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One registered model. ``weights`` is the file it was registered with (.pt, or .onnx for
+    an imported ONNX model); exported files are further ``artifacts``."""
+
+    version: str
+    number: int
+    created_at: str
+    source: Source
+    stage: Stage
+    parent: str | None
+    dataset_hash: str | None
+    metrics: dict[str, Any]
+    config: dict[str, Any]
+    directory: Path
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+
+    @property
+    def weights(self) -> Path:
+        return next(a.path for a in self.artifacts.values() if a.is_weights)
+
+    @property
+    def map50_95(self) -> float | None:
+        return _score(self.metrics)
+
+    @property
+    def eval_set(self) -> EvalSet | None:
+        return EvalSet.from_metrics(self.metrics)
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    """What ``promote`` decided and on what evidence (also a row of the ``promotions`` table).
+
+    ``forced`` is True when ``force`` was given; ``reason`` then says whether the gate alone
+    would have passed. The two scores are mAP50-95 on ``eval_set`` (None where not measured);
+    ``production_reevaluated`` tells whether production's score was measured now or read from
+    its stored metrics.
+    """
+
+    id: int
+    version: str
+    previous_production: str | None
+    promoted: bool
+    forced: bool
+    reason: str
+    candidate_map50_95: float | None
+    production_map50_95: float | None
+    tolerance: float
+    eval_set: EvalSet | None
+    production_reevaluated: bool
+    created_at: str
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """A decision before it is recorded."""
+
+    promoted: bool
+    reason: str
+    candidate_map50_95: float | None = None
+    production_map50_95: float | None = None
+    eval_set: EvalSet | None = None
+    production_reevaluated: bool = False
+
+
+class Registry:
+    """The model registry in ``workspace`` (created as needed); use as a context manager.
+
+    One instance holds one SQLite connection and belongs to one thread; other threads and
+    processes open their own instance on the same folder.
+    """
+
+    def __init__(self, workspace: str | Path) -> None:
+        self.workspace = Path(workspace)
+        self.db_path = self.workspace / DB_NAME
+        self.models_dir = self.workspace / MODELS_DIR
+        try:
+            self.models_dir.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are opened explicitly (BEGIN IMMEDIATE), so the
+            # write lock is taken before reading the next version number.
+            self._db = sqlite3.connect(self.db_path, isolation_level=None, timeout=30.0)
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise StoreError(f"{self.workspace}: cannot create a model registry ({exc})") from None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            with self._transaction() as db:
+                for statement in _SCHEMA:
+                    db.execute(statement)
+                row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                if row is None:
+                    db.execute(
+                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                    )
+                elif int(row[0]) != SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.db_path}: registry schema v{row[0]} is not supported by this "
+                        f"version (v{SCHEMA_VERSION}); use another workspace"
+                    )
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreError(f"{self.db_path}: cannot open the model registry ({exc})") from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # -- registering ------------------------------------------------------------------------------
+
+    def register(
+        self,
+        *,
+        weights: Path,
+        metrics: Mapping[str, Any],
+        dataset_hash: str | None,
+        config: Mapping[str, Any],
+        parent: str | None = None,
+        source: Source = "trained",
+    ) -> ModelVersion:
+        """Add ``weights`` (a .pt or .onnx) as the next version, copying it into the registry.
+
+        ``dataset_hash`` is the content hash of the label set the model was trained on (None if
+        unknown); ``parent`` names an existing version it was fine-tuned from. The new version's
+        stage is ``none``. Raises InputError for a missing file, an unknown parent or metrics or
+        config that are not plain JSON.
+        """
+        weights = Path(weights)
+        if not weights.is_file():
+            raise InputError(f"{weights}: no such weights file")
+        kind = weights.suffix.lstrip(".").lower()
+        if kind not in {"pt", "onnx"}:
+            raise InputError(f"{weights}: weights must be a .pt or .onnx file")
+        if source not in ("trained", "imported"):
+            raise InputError(f"source must be 'trained' or 'imported', got {source!r}")
+        metrics_json = _to_json(metrics, "metrics")
+        config_json = _to_json(config, "config")
+        parent_number = self._number(parent) if parent is not None else None
+
+        filename = _artifact_filename(kind, weights.suffix.lower())
+        staging = self.models_dir / f"{_STAGING_PREFIX}{uuid.uuid4().hex}"
+        try:
+            # The slow copy and hash happen before the write lock is taken.
+            staging.mkdir()
+            shutil.copyfile(weights, staging / filename)
+            sha256 = sha256_file(staging / filename)
+            size_bytes = (staging / filename).stat().st_size
+            with self._transaction() as db:
+                cursor = db.execute(
+                    "INSERT INTO versions (created_at, source, parent, dataset_hash, metrics, "
+                    "config) VALUES (?, ?, ?, ?, ?, ?)",
+                    (_now(), source, parent_number, dataset_hash, metrics_json, config_json),
+                )
+                number = int(cursor.lastrowid or 0)
+                directory = self._directory(number)
+                if directory.exists():
+                    # Left by a registration killed between this rename and its commit: its row
+                    # was rolled back, so nothing refers to the folder.
+                    shutil.rmtree(directory)
+                staging.rename(directory)
+                try:
+                    db.execute(
+                        "INSERT INTO artifacts VALUES (?, ?, ?, ?, ?, 1, ?)",
+                        (number, kind, filename, sha256, size_bytes, _now()),
+                    )
+                except BaseException:
+                    shutil.rmtree(directory, ignore_errors=True)
+                    raise
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.db_path}: cannot register {weights} ({exc})") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        logger.info("registered %s as %s", weights, _name(number))
+        return self.get(_name(number))
+
+    def import_model(self, file: Path, *, metrics: Mapping[str, Any] | None = None) -> ModelVersion:
+        """Register an outside model (an Ultralytics .pt, or an .onnx exported by Ultralytics).
+
+        The file must load: a .pt through Ultralytics, an .onnx in onnxruntime with Ultralytics'
+        metadata (names, imgsz, stride, task), which the device runtime needs. Its class names
+        and the source path go into the version's config. Raises InputError for another suffix,
+        ModelLoadError for a file that does not load.
+        """
+        file = Path(file)
+        if not file.is_file():
+            raise InputError(f"{file}: no such model file")
+        suffix = file.suffix.lower()
+        if suffix == ".pt":
+            description = _describe_checkpoint(file)
+        elif suffix == ".onnx":
+            description = _describe_onnx(file)
+        else:
+            raise InputError(
+                f"{file}: can import a .pt or .onnx model, not {suffix or 'this file'}"
+            )
+        config = {"imported_from": str(file.resolve()), **description}
+        return self.register(
+            weights=file,
+            metrics=metrics or {},
+            dataset_hash=None,
+            config=config,
+            source="imported",
+        )
+
+    def add_artifact(self, version: str, path: Path, *, kind: str) -> Path:
+        """Copy ``path`` into the version's folder as its ``kind`` file and return the copy.
+
+        ``kind`` is a short lowercase name (``onnx``, ``engine``, ``onnx-fp16``, ...); a file of
+        the same kind is replaced (a re-export), except the weights the version was registered
+        with, which never change. Raises InputError for an unknown version, a missing file, a bad
+        kind or an attempt to replace the weights.
+        """
+        number = self._number(version)
+        path = Path(path)
+        if not _KIND_PATTERN.match(kind):
+            raise InputError(
+                f"artifact kind {kind!r}: use lowercase letters, digits, '-' and '_' (e.g. onnx)"
+            )
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        directory = self._directory(number)
+        destination = directory / _artifact_filename(kind, path.suffix.lower())
+        existing = self._db.execute(
+            "SELECT is_weights FROM artifacts WHERE version=? AND kind=?", (number, kind)
+        ).fetchone()
+        if existing is not None and existing[0]:
+            raise InputError(
+                f"{_name(number)}'s {kind} file holds the weights it was registered with and "
+                "cannot be replaced; register a new version instead"
+            )
+        same_file = destination.exists() and destination.resolve() == path.resolve()
+        partial = directory / f".{destination.name}.{uuid.uuid4().hex}.partial"
+        try:
+            if not same_file:
+                directory.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, partial)
+            source = destination if same_file else partial
+            sha256 = sha256_file(source)
+            size_bytes = source.stat().st_size
+            with self._transaction() as db:
+                if not same_file:
+                    os.replace(partial, destination)
+                db.execute(
+                    "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?, 0, ?)",
+                    (number, kind, destination.name, sha256, size_bytes, _now()),
+                )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.db_path}: cannot add {path} to {version} ({exc})") from None
+        finally:
+            partial.unlink(missing_ok=True)
+        return destination
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def list(self) -> builtins.list[ModelVersion]:
+        """Every version, oldest first."""
+        rows = self._db.execute("SELECT number FROM versions ORDER BY number").fetchall()
+        return [self._load(int(row[0])) for row in rows]
+
+    def get(self, version: str) -> ModelVersion:
+        """The version named ``version`` ("v3" or "3"); InputError naming the existing ones if
+        there is none."""
+        return self._load(self._number(version))
+
+    def production(self) -> ModelVersion | None:
+        """The production version, or None before the first promotion."""
+        row = self._db.execute("SELECT number FROM versions WHERE stage='production'").fetchone()
+        return None if row is None else self._load(int(row[0]))
+
+    def promotions(self, version: str | None = None) -> builtins.list[PromotionDecision]:
+        """Recorded promotion decisions, oldest first; only ``version``'s when given."""
+        query = "SELECT * FROM promotions"
+        args: tuple[Any, ...] = ()
+        if version is not None:
+            query += " WHERE version=?"
+            args = (self._number(version),)
+        rows = self._db.execute(query + " ORDER BY id", args).fetchall()
+        return [_decision(row) for row in rows]
+
+    def _number(self, version: str) -> int:
+        match = _VERSION_PATTERN.match(str(version).strip())
+        if match is not None:
+            number = int(match[1])
+            if self._db.execute("SELECT 1 FROM versions WHERE number=?", (number,)).fetchone():
+                return number
+        names = [_name(int(r[0])) for r in self._db.execute("SELECT number FROM versions")]
+        known = f"existing versions: {', '.join(names)}" if names else "the registry is empty"
+        raise InputError(f"unknown model version {version!r} in {self.workspace}; {known}")
+
+    def _directory(self, number: int) -> Path:
+        return self.models_dir / _name(number)
+
+    def _load(self, number: int) -> ModelVersion:
+        row = self._db.execute(
+            "SELECT created_at, source, parent, dataset_hash, metrics, config, stage "
+            "FROM versions WHERE number=?",
+            (number,),
+        ).fetchone()
+        if row is None:
+            raise InputError(f"unknown model version v{number}")
+        created_at, source, parent, dataset_hash, metrics, config, stage = row
+        directory = self._directory(number)
+        artifacts = {
+            kind: Artifact(kind, directory / file, sha256, int(size_bytes), bool(is_weights))
+            for kind, file, sha256, size_bytes, is_weights in self._db.execute(
+                "SELECT kind, file, sha256, size_bytes, is_weights FROM artifacts "
+                "WHERE version=? ORDER BY created_at, kind",
+                (number,),
+            )
+        }
+        return ModelVersion(
+            version=_name(number),
+            number=number,
+            created_at=created_at,
+            source=source,
+            stage=stage,
+            parent=None if parent is None else _name(int(parent)),
+            dataset_hash=dataset_hash,
+            metrics=json.loads(metrics),
+            config=json.loads(config),
+            directory=directory,
+            artifacts=artifacts,
+        )
+
+    # -- promotion --------------------------------------------------------------------------------
+
+    def promote(
+        self,
+        version: str,
+        *,
+        evaluate: Evaluate,
+        tolerance: float = 0.005,
+        force: bool = False,
+    ) -> PromotionDecision:
+        """Make ``version`` production if it holds up against the current production.
+
+        The candidate passes when its mAP50-95 on production's evaluation set is at least
+        production's minus ``tolerance`` (see the module docstring for which production number
+        is used). ``force`` promotes regardless, still measuring both when it can. With no
+        production yet, the candidate is promoted without a comparison. If production has no
+        recorded evaluation set, the candidate's is used for both; with neither, or when the set's
+        data.yaml is gone, the promotion is refused (or forced). The decision is recorded and
+        returned; a refusal leaves production unchanged and raises nothing. Errors from
+        ``evaluate`` propagate and record nothing.
+        """
+        if not (math.isfinite(tolerance) and tolerance >= 0):
+            raise InputError(f"tolerance must be a number >= 0, got {tolerance}")
+        candidate = self.get(version)
+        production = self.production()
+        if production is None:
+            verdict = _Verdict(True, "no production version yet: promoted without a comparison")
+        elif production.number == candidate.number:
+            verdict = _Verdict(True, f"{candidate.version} is already production")
+        else:
+            verdict = self._compare(candidate, production, evaluate, tolerance, force)
+        return self._record(candidate, production, verdict, tolerance, force)
+
+    def _compare(
+        self,
+        candidate: ModelVersion,
+        production: ModelVersion,
+        evaluate: Evaluate,
+        tolerance: float,
+        force: bool,
+    ) -> _Verdict:
+        """Measure the candidate (and production when needed) and apply the gate."""
+        eval_set = production.eval_set or candidate.eval_set
+        if eval_set is None:
+            return _Verdict(
+                force,
+                f"neither production {production.version} nor {candidate.version} records an "
+                "evaluation set (metrics 'data'); nothing to compare on",
+            )
+        if not eval_set.data.exists():
+            return _Verdict(
+                force,
+                f"evaluation set {eval_set.data} of production {production.version} is gone; "
+                "cannot compare",
+                eval_set=eval_set,
+            )
+        candidate_metrics = evaluate(candidate.weights, eval_set)
+        candidate_score = _required_score(candidate_metrics, candidate.version)
+        seen_hash = candidate_metrics.get("label_hash")
+        stored_score = production.map50_95
+        comparable = (
+            production.eval_set == eval_set
+            and stored_score is not None
+            and seen_hash is not None
+            and seen_hash == eval_set.label_hash
+        )
+        if comparable and stored_score is not None:
+            production_score = stored_score
+        else:
+            production_metrics = evaluate(production.weights, eval_set)
+            production_score = _required_score(production_metrics, production.version)
+            production_hash = production_metrics.get("label_hash")
+            if (
+                seen_hash is not None
+                and production_hash is not None
+                and seen_hash != production_hash
+            ):
+                return _Verdict(
+                    force,
+                    f"the labels of {eval_set.data} changed between the two evaluations; "
+                    "promote again",
+                    candidate_score,
+                    production_score,
+                    eval_set,
+                    production_reevaluated=True,
+                )
+        measured_on = EvalSet(eval_set.data, eval_set.split, seen_hash and str(seen_hash))
+        drop = production_score - candidate_score
+        passes = drop <= tolerance + _GATE_EPSILON
+        comparison = (
+            f"mAP50-95 {candidate_score:.4f} vs production {production.version} "
+            f"{production_score:.4f} on {eval_set.data} ({eval_set.split})"
+        )
+        if passes:
+            reason = f"{comparison}: within tolerance {tolerance:g}"
+        else:
+            reason = f"{comparison}: worse by {drop:.4f} > tolerance {tolerance:g}"
+        if force:
+            reason += "; forced"
+        return _Verdict(
+            passes or force,
+            reason,
+            candidate_score,
+            production_score,
+            measured_on,
+            production_reevaluated=not comparable,
+        )
+
+    def _record(
+        self,
+        candidate: ModelVersion,
+        production: ModelVersion | None,
+        verdict: _Verdict,
+        tolerance: float,
+        force: bool,
+    ) -> PromotionDecision:
+        """Apply and record ``verdict`` in one transaction, unless production moved meanwhile."""
+        expected = None if production is None else production.number
+        eval_set_json = None if verdict.eval_set is None else json.dumps(verdict.eval_set.as_dict())
+        created_at = _now()
+        try:
+            with self._transaction() as db:
+                row = db.execute("SELECT number FROM versions WHERE stage='production'").fetchone()
+                current = None if row is None else int(row[0])
+                if current != expected:
+                    # Another process promoted while we evaluated: our comparison is stale.
+                    verdict = _Verdict(
+                        False,
+                        f"production changed from {_optional_name(expected)} to "
+                        f"{_optional_name(current)} during the evaluation; promote again",
+                        verdict.candidate_map50_95,
+                        verdict.production_map50_95,
+                        verdict.eval_set,
+                        verdict.production_reevaluated,
+                    )
+                if verdict.promoted and current != candidate.number:
+                    db.execute("UPDATE versions SET stage='none' WHERE stage='production'")
+                    db.execute(
+                        "UPDATE versions SET stage='production' WHERE number=?", (candidate.number,)
+                    )
+                cursor = db.execute(
+                    "INSERT INTO promotions (version, previous_production, promoted, forced, "
+                    "reason, candidate_map50_95, production_map50_95, tolerance, eval_set, "
+                    "production_reevaluated, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        candidate.number,
+                        current,
+                        int(verdict.promoted),
+                        int(force),
+                        verdict.reason,
+                        verdict.candidate_map50_95,
+                        verdict.production_map50_95,
+                        tolerance,
+                        eval_set_json,
+                        int(verdict.production_reevaluated),
+                        created_at,
+                    ),
+                )
+                decision_id = int(cursor.lastrowid or 0)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.db_path}: cannot record the promotion ({exc})") from None
+        log = logger.info if verdict.promoted else logger.warning
+        log("promotion of %s: %s", candidate.version, verdict.reason)
+        row = self._db.execute("SELECT * FROM promotions WHERE id=?", (decision_id,)).fetchone()
+        return _decision(row)
+
+
+def evaluation_metrics(weights: Path, eval_set: EvalSet, **options: Any) -> dict[str, Any]:
+    """``distill.evaluate.evaluate`` in the shape ``Registry`` stores and ``promote`` expects.
+
+    Scores ``weights`` on ``eval_set`` (``options`` go to ``evaluate``: imgsz, conf, device, ...)
+    and returns its numbers plus ``data``, ``split`` and the dataset's current ``label_hash``.
+    Use it both for the metrics passed to ``register`` and as ``promote``'s ``evaluate``, so a
+    stored number and a fresh one are measured the same way.
+    """
+    from distill.dataset import check_dataset
+    from distill.evaluate import evaluate
+
+    info = check_dataset(eval_set.data)
+    result = evaluate(weights, info.data_yaml, split=eval_set.split, **options)
+    return {
+        "map50": result.map50,
+        "map50_95": result.map50_95,
+        "precision": result.precision,
+        "recall": result.recall,
+        "per_class": result.per_class,
+        "ms_per_image": result.ms_per_image,
+        "n_images": result.n_images,
+        "imgsz": result.imgsz,
+        "data": str(info.data_yaml),
+        "split": eval_set.split,
+        "label_hash": info.label_hash,
+    }
+
+
+def _optional_name(number: int | None) -> str:
+    return "none" if number is None else _name(number)
+
+
+def _required_score(metrics: Mapping[str, Any], version: str) -> float:
+    score = _score(metrics)
+    if score is None:
+        raise TypeError(
+            f"evaluate() returned no numeric 'map50_95' for {version}: {dict(metrics)!r}"
+        )
+    return score
+
+
+def _decision(row: tuple[Any, ...]) -> PromotionDecision:
+    (
+        decision_id,
+        number,
+        previous,
+        promoted,
+        forced,
+        reason,
+        candidate_score,
+        production_score,
+        tolerance,
+        eval_set,
+        reevaluated,
+        created_at,
+    ) = row
+    parsed = None
+    if eval_set is not None:
+        fields = json.loads(eval_set)
+        parsed = EvalSet(Path(fields["data"]), fields["split"], fields["label_hash"])
+    return PromotionDecision(
+        id=int(decision_id),
+        version=_name(int(number)),
+        previous_production=None if previous is None else _name(int(previous)),
+        promoted=bool(promoted),
+        forced=bool(forced),
+        reason=reason,
+        candidate_map50_95=candidate_score,
+        production_map50_95=production_score,
+        tolerance=float(tolerance),
+        eval_set=parsed,
+        production_reevaluated=bool(reevaluated),
+        created_at=created_at,
+    )
+
+
+def _artifact_filename(kind: str, suffix: str) -> str:
+    """``model.onnx`` for kind onnx, ``model-onnx-fp16.onnx`` for kind onnx-fp16: kinds never
+    share a file name (kinds have no dots)."""
+    return f"model{suffix}" if kind == suffix.lstrip(".") else f"model-{kind}{suffix}"
+
+
+def _describe_checkpoint(file: Path) -> dict[str, Any]:
+    """Load an Ultralytics .pt (ModelLoadError if it does not) and return its class names."""
+    from distill.ultralytics_env import load_yolo
+
+    model = load_yolo(file)
+    names = getattr(model, "names", None) or {}
+    return {"names": {int(k): str(v) for k, v in dict(names).items()}, "task": model.task}
+
+
+def _describe_onnx(file: Path) -> dict[str, Any]:
+    """Load an .onnx in onnxruntime and return its Ultralytics metadata (ModelLoadError if the
+    file does not load or lacks the metadata the device runtime needs)."""
+    import onnxruntime as ort
+
+    from distill.export import REQUIRED_METADATA, parse_metadata
+
+    try:
+        session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ModelLoadError(f"{file}: onnxruntime cannot load it ({exc})") from None
+    metadata = parse_metadata(session.get_modelmeta().custom_metadata_map)
+    missing = [key for key in REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ModelLoadError(
+            f"{file}: lacks Ultralytics metadata {missing} (names, imgsz, stride, task); "
+            "export it with Ultralytics or `promptlabel export`"
+        )
+    return {key: metadata[key] for key in REQUIRED_METADATA}
