@@ -568,9 +568,8 @@ def load_detector(model: str | Path, options: DetectorOptions | None = None) -> 
     except Exception as exc:
         raise failure("processor", exc) from exc
     tokenizer = getattr(processor, "tokenizer", None)
-    if getattr(processor, "image_processor", None) is None or not getattr(
-        tokenizer, "is_fast", False
-    ):
+    image_processor = getattr(processor, "image_processor", None)
+    if tokenizer is None or image_processor is None or not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(
             f"cannot load detector {model_id!r} from {where}: its processor needs an image "
             f"processor and a fast (tokenizers) tokenizer, got {type(processor).__name__}. {fix}."

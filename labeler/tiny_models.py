@@ -34,7 +34,6 @@ from transformers import (
     Owlv2ForObjectDetection,
     Owlv2ImageProcessor,
     Owlv2Processor,
-    SwinConfig,
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -108,14 +107,15 @@ def build_tiny_grounding_dino(path: str | Path, *, seed: int = 0, num_queries: i
     tokenizer = build_bert_tokenizer()
     torch.manual_seed(seed)
     config = GroundingDinoConfig(
-        backbone_config=SwinConfig(
-            embed_dim=8,
-            depths=[1, 1, 1, 1],
-            num_heads=[1, 1, 1, 1],
-            window_size=4,
-            image_size=32,
-            out_features=["stage2", "stage3", "stage4"],
-        ),
+        backbone_config={
+            "model_type": "swin",
+            "embed_dim": 8,
+            "depths": [1, 1, 1, 1],
+            "num_heads": [1, 1, 1, 1],
+            "window_size": 4,
+            "image_size": 32,
+            "out_indices": [2, 3, 4],
+        },
         text_config=BertConfig(
             vocab_size=len(tokenizer),
             hidden_size=16,

@@ -62,9 +62,7 @@ def owl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def random_images(sizes_wh: list[tuple[int, int]], seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
-    return [
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), "RGB") for w, h in sizes_wh
-    ]
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes_wh]
 
 
 @contextmanager
@@ -208,6 +206,13 @@ def test_too_many_phrases_are_packed_into_prompts_that_fit(gdino_dir: Path) -> N
         # Packed greedily: the next prompt's first phrase (+ its ".") would not have fitted.
         first = following.positive_map[0].gt(0).sum()
         assert length + first + 1 > 256
+    # End to end: one forward per prompt, and every class can win.
+    ontology = Ontology.from_mapping({f"class{i}": phrase for i, phrase in enumerate(phrases)})
+    detector = load_detector(gdino_dir, DetectorOptions(**ALL_PASS, max_det=100))
+    with count_forwards(detector) as calls:
+        (dets,) = detector.propose(random_images([(64, 48)]), ontology)
+    assert calls == [len(chunks)]
+    assert len(dets) > 0 and dets.class_id.max() < 60
 
 
 def test_a_phrase_longer_than_the_text_limit_is_named(gdino_dir: Path) -> None:
@@ -300,6 +305,15 @@ def test_one_forward_per_batch_whatever_the_class_count(
             detector.propose(images, ontology)
             detector.propose(images, ontology)
         assert calls == [6], path  # 3 batches (2 + 2 + 1) per call
+
+
+def test_same_phrases_grouped_differently_are_not_confused(gdino_dir: Path) -> None:
+    detector = load_detector(gdino_dir, DetectorOptions(**ALL_PASS))
+    images = random_images([(64, 48)])
+    synonyms = Ontology.from_mapping({"a": ["car", "zebra dog"]})
+    two_classes = Ontology.from_mapping({"a": "car", "b": "zebra dog"})
+    assert set(detector.propose(images, synonyms)[0].class_id.tolist()) == {0}
+    assert set(detector.propose(images, two_classes)[0].class_id.tolist()) == {0, 1}
 
 
 def test_batched_result_equals_one_image_at_a_time(gdino_dir: Path) -> None:
