@@ -17,7 +17,8 @@ mirrors Ultralytics' own prediction path:
 - **Decode** the ``(batch, 4 + nc, anchors)`` output of a YOLO detect head (YOLOv8/11/26 without
   NMS in the graph): centre boxes to corners, score = best class score, keep ``score > conf``,
   greedy NMS exactly as torchvision's kernel (float32 IoU, ``iou > threshold`` suppresses, stable
-  descending sort), classes separated by Ultralytics' 7680-pixel offset, first ``max_det`` kept.
+  descending sort), classes separated by Ultralytics' 7680-pixel offset, first ``max_det`` kept
+  (vectorised: one numpy step per kept box over the boxes of its class).
   Files exported with NMS in the graph or as end-to-end models (``(batch, max_det, 6)`` outputs)
   are filtered by score only, as Ultralytics does.
 - **Boxes** go back to the original pixels: minus the padding, divided by the per-axis scale,
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import heapq
 import io
 import logging
 import math
@@ -38,6 +40,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,25 +208,23 @@ class LetterboxGeometry:
     top: int
     input_hw: tuple[int, int]
 
+    def _gain_and_pad(self) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        width, height = self.image_wh
+        gain = [self.resized_wh[0] / width, self.resized_wh[1] / height] * 2
+        return np.array(gain, np.float32), np.array([self.left, self.top] * 2, np.float32)
+
     def to_original(self, xyxy_input: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Boxes in model-input pixels to boxes in original-image pixels, clipped to the image."""
+        gain, pad = self._gain_and_pad()
+        xyxy: npt.NDArray[np.float32] = (np.asarray(xyxy_input, np.float32) - pad) / gain
         width, height = self.image_wh
-        gain = np.array(
-            [self.resized_wh[0] / width, self.resized_wh[1] / height] * 2, dtype=np.float32
-        )
-        pad = np.array([self.left, self.top] * 2, dtype=np.float32)
-        xyxy = (xyxy_input - pad) / gain
         np.clip(xyxy[:, 0::2], 0, width, out=xyxy[:, 0::2])
         np.clip(xyxy[:, 1::2], 0, height, out=xyxy[:, 1::2])
         return xyxy
 
     def to_input(self, xyxy: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Boxes in original-image pixels to model-input pixels (the inverse of ``to_original``)."""
-        width, height = self.image_wh
-        gain = np.array(
-            [self.resized_wh[0] / width, self.resized_wh[1] / height] * 2, dtype=np.float32
-        )
-        pad = np.array([self.left, self.top] * 2, dtype=np.float32)
+        gain, pad = self._gain_and_pad()
         result: npt.NDArray[np.float32] = np.asarray(xyxy, np.float32) * gain + pad
         return result
 
@@ -328,7 +329,8 @@ def _resize_linear(
     top += bottom
     top += 2
     top >>= 2
-    return top.reshape(new_h, new_w, channels)
+    resized: npt.NDArray[np.int32] = top.reshape(new_h, new_w, channels)
+    return resized
 
 
 def _pick(image: Image.Image, size: tuple[int, int], factors: Any, offsets: Any) -> Any:
@@ -407,7 +409,7 @@ def letterbox_image(
 def non_max_suppression(
     xyxy: npt.NDArray[np.float32],
     scores: npt.NDArray[np.float32],
-    class_id: npt.NDArray[np.int64],
+    class_id: npt.ArrayLike,
     *,
     iou: float,
     max_det: int = 300,
@@ -416,32 +418,48 @@ def non_max_suppression(
     """Indices of the boxes greedy NMS keeps, best score first, at most ``max_det``.
 
     Class-aware unless ``agnostic``: boxes are shifted by ``class_id * MAX_WH`` (Ultralytics'
-    trick) so boxes of different classes never overlap. A box is dropped when its IoU with a kept,
-    better box is ``> iou``. Arithmetic is float32 like torchvision's CPU kernel, so the same boxes
-    survive as in Ultralytics. One vectorised step per kept box, never a loop over all boxes.
+    trick), so boxes of different classes never overlap. A box is dropped when its IoU with a
+    kept, better box is ``> iou``. Arithmetic is float32 like torchvision's CPU kernel on the
+    shifted boxes, and ties keep input order (its stable sort), so the same boxes survive as in
+    Ultralytics.
+
+    Each kept box costs one vectorised step over the remaining boxes of its own class (classes
+    never suppress each other), and the work stops at ``max_det`` kept boxes.
     """
     count = len(scores)
     if count == 0 or max_det < 1:
         return np.zeros(0, np.int64)
+    labels = np.zeros(count, np.int64) if agnostic else np.asarray(class_id, np.int64)
     boxes = np.asarray(xyxy, np.float32)
     if not agnostic:
-        boxes = boxes + (np.asarray(class_id).astype(np.float32) * np.float32(MAX_WH))[:, None]
+        boxes = boxes + (labels.astype(np.float32) * np.float32(MAX_WH))[:, None]
     order = np.argsort(-np.asarray(scores, np.float32), kind="stable")
     x1, y1, x2, y2 = (np.ascontiguousarray(boxes[order, k]) for k in range(4))
     areas = (x2 - x1) * (y2 - y1)
+    labels = labels[order]
+    # Positions (in score order) of each class's boxes, best first; a heap of each class's best
+    # remaining position yields the boxes in the global score order.
+    by_class = np.argsort(labels, kind="stable")
+    starts = np.flatnonzero(np.diff(labels[by_class])) + 1
+    groups = np.split(by_class, starts)
+    heap = [(int(group[0]), which) for which, group in enumerate(groups)]
+    heapq.heapify(heap)
     threshold = np.float64(iou)  # torchvision compares the float32 IoU with a double
     zero = np.float32(0)
     kept: list[int] = []
-    remaining = np.arange(count)
-    while remaining.size and len(kept) < max_det:
-        best, rest = remaining[0], remaining[1:]
-        kept.append(int(best))
+    while heap and len(kept) < max_det:
+        best, which = heapq.heappop(heap)
+        kept.append(best)
+        rest = groups[which][1:]
         width = np.maximum(zero, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]))
         height = np.maximum(zero, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]))
         inter = width * height
         overlap = inter / (areas[best] + areas[rest] - inter)
         # ``not >`` rather than ``<=``: a NaN IoU (two empty boxes) suppresses nothing.
-        remaining = rest[~(overlap > threshold)]
+        rest = rest[~(overlap > threshold)]
+        groups[which] = rest
+        if rest.size:
+            heapq.heappush(heap, (int(rest[0]), which))
     result: npt.NDArray[np.int64] = order[np.asarray(kept, np.int64)]
     return result
 
@@ -603,25 +621,45 @@ class OnnxDetector:
         """Detections per image, in order, boxes in the original image's pixels.
 
         Images are paths, ``PIL.Image`` or ``(h, w, 3)`` uint8 RGB arrays. Images whose inputs
-        have the same shape run as one batch when the file allows it. A bad image raises
-        ImageError naming it.
+        have the same shape run as one batch when the file allows it, and the next images are
+        decoded while the model runs. A bad image raises ImageError naming it.
         """
-        if isinstance(images, str | Path | Image.Image | np.ndarray):
-            images = [images]
-        results: list[Detections | None] = [None] * len(images)
+        images = [images] if isinstance(images, str | Path | Image.Image | np.ndarray) else images
+        images = list(images)
+        chunks = [
+            range(start, min(start + self.batch_size, len(images)))
+            for start in range(0, len(images), self.batch_size)
+        ]
+        results: list[Detections] = []
         with self._lock:
-            for start in range(0, len(images), self.batch_size):
-                prepared = [
-                    self._prepare(images[index], index)
-                    for index in range(start, min(start + self.batch_size, len(images)))
-                ]
-                groups: dict[tuple[int, int], list[_Prepared]] = {}
-                for item in prepared:
-                    groups.setdefault(item.geometry.input_hw, []).append(item)
-                for group in groups.values():
-                    for item, detections in zip(group, self._run(group), strict=True):
-                        results[item.index] = detections
-        return [r for r in results if r is not None]
+            if len(chunks) <= 1:
+                for chunk in chunks:
+                    results.extend(self._run_chunk(self._prepare_chunk(images, chunk)))
+                return results
+            # Decoding and resizing release the GIL, as onnxruntime does: one worker prepares
+            # the next chunk while this thread runs the model on the current one.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptlabel-decode") as pool:
+                pending = pool.submit(self._prepare_chunk, images, chunks[0])
+                for following in [*chunks[1:], None]:
+                    prepared = pending.result()
+                    if following is not None:
+                        pending = pool.submit(self._prepare_chunk, images, following)
+                    results.extend(self._run_chunk(prepared))
+        return results
+
+    def _prepare_chunk(self, images: Sequence[ImageInput], chunk: range) -> list[_Prepared]:
+        return [self._prepare(images[index], index) for index in chunk]
+
+    def _run_chunk(self, prepared: list[_Prepared]) -> list[Detections]:
+        """Detections of one chunk in its order; images of one input shape run as one batch."""
+        groups: dict[tuple[int, int], list[_Prepared]] = {}
+        for item in prepared:
+            groups.setdefault(item.geometry.input_hw, []).append(item)
+        by_index: dict[int, Detections] = {}
+        for group in groups.values():
+            for item, detections in zip(group, self._run(group), strict=True):
+                by_index[item.index] = detections
+        return [by_index[item.index] for item in prepared]
 
     def _prepare(self, image: ImageInput, index: int) -> _Prepared:
         rgb = _as_rgb(image, index)
@@ -762,17 +800,21 @@ def load_runtime(
     agnostic: bool = False,
     imgsz: int | tuple[int, int] | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
+    threads: int | None = None,
 ) -> OnnxDetector:
     """Load an Ultralytics YOLO detect export (``.onnx``) for ``OnnxDetector.predict``.
 
     ``providers`` are onnxruntime execution providers (default: CUDA when onnxruntime-gpu has it,
     else CPU). ``conf``, ``iou``, ``max_det`` and ``agnostic`` mean what they mean in
     ``YOLO.predict``. ``imgsz`` changes the letterbox size of a dynamic-shape export (default:
-    its export size); ``max_batch`` caps how many images run together when the batch is dynamic.
+    its export size); ``max_batch`` caps how many images run together when the batch is dynamic;
+    ``threads`` sets onnxruntime's intra-op threads (default: one per physical core).
     Raises ModelLoadError naming the file when it is missing, not ONNX, not a detect model or
     lacks the metadata Ultralytics writes; InputError for a bad option.
     """
     _check_options(conf, iou, max_det, max_batch)
+    if threads is not None and threads < 1:
+        raise InputError(f"runtime options: threads must be >= 1, got {threads}")
     path = Path(path)
     source = str(path)
     if not path.is_file():
@@ -782,6 +824,11 @@ def load_runtime(
         )
     options = ort.SessionOptions()
     options.log_severity_level = 3  # onnxruntime's graph-optimisation notes are not user news
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    # Idle onnxruntime workers otherwise spin between runs and take the cores the next image's
+    # decoding runs on (measured: same wall time, ~15% less CPU per image on 2 cores).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(
             source, options, providers=list(providers) if providers else _default_providers()
