@@ -47,8 +47,7 @@ import re
 import shutil
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +55,7 @@ from typing import Any, Literal
 
 from labeler.exceptions import InputError, ModelLoadError, StoreError
 from labeler.images import sha256_file
+from labeler.sqlite import SqliteFile
 
 __all__ = [
     "DB_NAME",
@@ -83,7 +83,6 @@ Source = Literal["trained", "imported"]
 Stage = Literal["none", "production"]
 
 _SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS versions (
         number INTEGER PRIMARY KEY AUTOINCREMENT,
         created_at TEXT NOT NULL,
@@ -268,7 +267,7 @@ class _Verdict:
     production_reevaluated: bool = False
 
 
-class Registry:
+class Registry(SqliteFile):
     """The model registry in ``workspace`` (created as needed); use as a context manager.
 
     One instance holds one SQLite connection and belongs to one thread; other threads and
@@ -277,57 +276,18 @@ class Registry:
 
     def __init__(self, workspace: str | Path) -> None:
         self.workspace = Path(workspace)
-        self.db_path = self.workspace / DB_NAME
         self.models_dir = self.workspace / MODELS_DIR
         try:
             self.models_dir.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: transactions are opened explicitly (BEGIN IMMEDIATE), so the
-            # write lock is taken before reading the next version number.
-            self._db = sqlite3.connect(self.db_path, isolation_level=None, timeout=30.0)
-        except (OSError, sqlite3.DatabaseError) as exc:
+        except OSError as exc:
             raise StoreError(f"{self.workspace}: cannot create a model registry ({exc})") from None
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            with self._transaction() as db:
-                for statement in _SCHEMA:
-                    db.execute(statement)
-                row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-                if row is None:
-                    db.execute(
-                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                    )
-                elif int(row[0]) != SCHEMA_VERSION:
-                    raise StoreError(
-                        f"{self.db_path}: registry schema v{row[0]} is not supported by this "
-                        f"version (v{SCHEMA_VERSION}); use another workspace"
-                    )
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            raise StoreError(f"{self.db_path}: cannot open the model registry ({exc})") from None
-        except BaseException:
-            self._db.close()
-            raise
-
-    def __enter__(self) -> Registry:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        super().__init__(
+            self.workspace / DB_NAME,
+            schema=_SCHEMA,
+            schema_version=SCHEMA_VERSION,
+            what="the model registry",
+            advice="use another workspace",
+        )
 
     # -- registering ------------------------------------------------------------------------------
 

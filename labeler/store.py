@@ -8,9 +8,7 @@ size and mtime are unchanged is not hashed again.
 from __future__ import annotations
 
 import json
-import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,36 +17,35 @@ from typing import Any
 import numpy as np
 
 from labeler.detections import Detections
-from labeler.exceptions import StoreError
+from labeler.sqlite import SqliteFile
 
 __all__ = ["FileRecord", "LabelRow", "StoredVerdict", "Workspace"]
 
 SCHEMA_VERSION = 1
 DB_NAME = "workspace.db"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS files (
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY,
     sha256 TEXT NOT NULL,
     size_bytes INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     error_reason TEXT,
     error_detail TEXT
-);
-CREATE TABLE IF NOT EXISTS images (
+)""",
+    """CREATE TABLE IF NOT EXISTS images (
     sha256 TEXT PRIMARY KEY,
     width INTEGER NOT NULL,
     height INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS proposal_sets (
+)""",
+    """CREATE TABLE IF NOT EXISTS proposal_sets (
     image_sha256 TEXT NOT NULL,
     propose_key TEXT NOT NULL,
     n_boxes INTEGER NOT NULL,
     created_at TEXT NOT NULL,
     PRIMARY KEY (image_sha256, propose_key)
-);
-CREATE TABLE IF NOT EXISTS proposals (
+)""",
+    """CREATE TABLE IF NOT EXISTS proposals (
     id INTEGER PRIMARY KEY,
     image_sha256 TEXT NOT NULL,
     propose_key TEXT NOT NULL,
@@ -59,8 +56,8 @@ CREATE TABLE IF NOT EXISTS proposals (
     score REAL NOT NULL,
     box_score REAL NOT NULL,
     UNIQUE (image_sha256, propose_key, idx)
-);
-CREATE TABLE IF NOT EXISTS verdicts (
+)""",
+    """CREATE TABLE IF NOT EXISTS verdicts (
     cache_key TEXT PRIMARY KEY,
     answer TEXT NOT NULL,
     yes_prob REAL,
@@ -72,23 +69,23 @@ CREATE TABLE IF NOT EXISTS verdicts (
     mode TEXT NOT NULL,
     question TEXT NOT NULL,
     created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS runs (
+)""",
+    """CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
     started_at TEXT NOT NULL,
     finished_at TEXT,
     config TEXT NOT NULL,
     report TEXT
-);
-CREATE TABLE IF NOT EXISTS labels (
+)""",
+    """CREATE TABLE IF NOT EXISTS labels (
     run_id INTEGER NOT NULL REFERENCES runs(id),
     proposal_id INTEGER NOT NULL REFERENCES proposals(id),
     status TEXT NOT NULL,
     reason TEXT NOT NULL,
     verdict_key TEXT,
     PRIMARY KEY (run_id, proposal_id)
-);
-"""
+)""",
+)
 
 
 def _now() -> str:
@@ -120,55 +117,18 @@ class LabelRow:
     verdict_key: str | None
 
 
-class Workspace:
+class Workspace(SqliteFile):
     """A workspace folder holding ``workspace.db``; use as a context manager."""
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        self.db_path = self.directory / DB_NAME
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: we open transactions ourselves, one per unit of work.
-            self._db = sqlite3.connect(self.db_path, isolation_level=None, timeout=30.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            # executescript commits by itself; the schema is idempotent, so it runs outside BEGIN.
-            self._db.executescript(_SCHEMA)
-            with self._transaction():
-                row = self._db.execute(
-                    "SELECT value FROM meta WHERE key='schema_version'"
-                ).fetchone()
-                if row is None:
-                    self._db.execute(
-                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                    )
-                elif int(row[0]) != SCHEMA_VERSION:
-                    raise StoreError(
-                        f"{self.db_path}: workspace schema v{row[0]} is not supported by this "
-                        f"version (v{SCHEMA_VERSION}); use a new --workspace"
-                    )
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.db_path}: cannot open workspace database ({exc})") from None
-
-    def __enter__(self) -> Workspace:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        super().__init__(
+            self.directory / DB_NAME,
+            schema=_SCHEMA,
+            schema_version=SCHEMA_VERSION,
+            what="workspace database",
+            advice="use a new --workspace",
+        )
 
     # -- files and images -------------------------------------------------------------------------
 
