@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -46,8 +45,11 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes
+
 from labeler.synthetic import make_shapes_image
 from serve.runtime import letterbox_geometry, letterbox_image, load_runtime
+from tests.fakes.students import build_student, export_onnx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,42 +83,6 @@ PEAK_RSS_SCRIPT = textwrap.dedent(
 # Ultralytics loaded, ~1 GB) would report this one's peak. A small intermediate interpreter
 # starts the measured one, whose counters then begin at the intermediate's size (~10 MB).
 LAUNCHER_SCRIPT = "import subprocess, sys; sys.exit(subprocess.run(sys.argv[1:]).returncode)"
-
-
-def build_model(out_dir: Path, *, calibration_imgsz: int, class_bias: float) -> Path:
-    """YOLO11n (80 classes) at random init with recalibrated BatchNorm, saved as a .pt file."""
-    import torch
-    from ultralytics import YOLO
-
-    torch.manual_seed(0)
-    model = YOLO("yolo11n.yaml")
-    network = model.model
-    rng = np.random.default_rng(0)
-    size = (calibration_imgsz, calibration_imgsz)
-    batch = np.stack([np.asarray(make_shapes_image(rng, size, 4)[0]) for _ in range(8)])
-    for module in network.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None
-    network.train()
-    with torch.no_grad():
-        network(torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 255)
-        for branch in network.model[-1].cv3:
-            branch[-1].bias.fill_(class_bias)
-    network.eval()
-    weights = out_dir / "yolo11n-random.pt"
-    model.save(weights)
-    return weights
-
-
-def export(weights: Path, target: Path, *, imgsz: int, dynamic: bool) -> Path:
-    from ultralytics import YOLO
-
-    exported = YOLO(str(weights)).export(
-        format="onnx", imgsz=imgsz, dynamic=dynamic, simplify=False, verbose=False
-    )
-    shutil.move(exported, target)
-    return target
 
 
 def write_images(folder: Path, count: int, image_wh: tuple[int, int]) -> list[Path]:
@@ -179,11 +145,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as workdir:
         folder = Path(workdir)
         start = time.perf_counter()
-        weights = build_model(
-            folder, calibration_imgsz=min(args.imgsz, 320), class_bias=args.class_bias
+        # 80 classes: the full-size YOLO11n head, at random init with calibrated BatchNorm.
+        weights = build_student(
+            folder,
+            names=tuple(f"class{i}" for i in range(80)),
+            calibration_imgsz=min(args.imgsz, 320),
+            class_bias=args.class_bias,
         )
-        static_path = export(weights, folder / "static.onnx", imgsz=args.imgsz, dynamic=False)
-        dynamic_path = export(weights, folder / "dynamic.onnx", imgsz=args.imgsz, dynamic=True)
+        static_path = export_onnx(weights, folder / "static.onnx", imgsz=args.imgsz)
+        dynamic_path = export_onnx(weights, folder / "dynamic.onnx", imgsz=args.imgsz, dynamic=True)
         images = write_images(folder / "images", args.images, (args.width, args.height))
         print(f"built and exported the model in {time.perf_counter() - start:.1f} s")
 

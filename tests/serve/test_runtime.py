@@ -29,7 +29,8 @@ from serve.runtime import (
     parse_metadata,
     resize_like_cv2,
 )
-from tests.serve.conftest import SHAPE_NAMES, Students
+from tests.fakes.students import SHAPE_NAMES
+from tests.serve.conftest import Students
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
