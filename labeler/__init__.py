@@ -23,7 +23,7 @@ from labeler.exceptions import (
 from labeler.ontology import Ontology, OntologyClass, load_ontology, parse_ontology
 
 _LAZY = {
-    "DetectorOptions": "labeler.propose",
+    "DetectorOptions": "labeler.detector_options",
     "load_detector": "labeler.propose",
     "load_verifier": "labeler.verify",
     "ExportItem": "labeler.export",

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from labeler.detector_options import DetectorOptions
 from labeler.exceptions import ModelLoadError
 from labeler.ontology import load_ontology
 from labeler.pipeline import LabelConfig, ProgressSink, run_label
-from labeler.propose import Detector, DetectorOptions, load_detector
+from labeler.propose import Detector, load_detector
 from labeler.settings import get_settings
 from labeler.synthetic import write_sample_images
 

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from labeler.detections import Detections
+from labeler.detector_options import DetectorOptions
 from labeler.exceptions import ImageError, InputError
 from labeler.export import ExportItem, export_dataset
 from labeler.images import LoadedImage, iter_image_paths, load_image, sha256_file
 from labeler.ontology import Ontology
-from labeler.propose import DetectorOptions
 from labeler.route import RouteThresholds, Status, route
 from labeler.store import LabelRow, StoredVerdict, Workspace
 from labeler.verify import check_verifier_spec, question_for, verdict_cache_key

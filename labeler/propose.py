@@ -27,6 +27,7 @@ from torchvision.ops import batched_nms, box_convert
 from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoProcessor
 
 from labeler.detections import Detections
+from labeler.detector_options import DTYPE_NAMES, DetectorOptions
 from labeler.exceptions import InputError, ModelLoadError
 from labeler.ontology import Ontology
 
@@ -34,40 +35,8 @@ __all__ = ["SUPPORTED_MODEL_TYPES", "Detector", "DetectorOptions", "load_detecto
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 _EXAMPLE_HUB_ID = "IDEA-Research/grounding-dino-tiny"
-
-
-@dataclass(frozen=True)
-class DetectorOptions:
-    """How proposals are made; every field that changes the boxes is in ``Detector.fingerprint``.
-
-    ``box_threshold`` applies to a box's best phrase-token score (as in Grounding DINO),
-    ``text_threshold`` to its class score; a value above 1 keeps nothing.
-    """
-
-    box_threshold: float = 0.35
-    text_threshold: float = 0.25
-    max_det: int = 100
-    nms_iou: float = 0.5
-    device: str = "auto"  # "auto": cuda if available else cpu; "cpu", "cuda", "cuda:1"
-    dtype: str = "auto"  # "auto": float16 on cuda, float32 on cpu; or a key of _DTYPES
-    batch_size: int = 4
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not self.box_threshold >= 0 or not self.text_threshold >= 0:
-            problems.append("box_threshold and text_threshold must be >= 0")
-        if not 0 <= self.nms_iou <= 1:
-            problems.append(f"nms_iou must be within [0, 1], got {self.nms_iou}")
-        if self.max_det < 1:
-            problems.append(f"max_det must be >= 1, got {self.max_det}")
-        if self.batch_size < 1:
-            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.dtype != "auto" and self.dtype not in _DTYPES:
-            problems.append(f"dtype must be auto or one of {', '.join(_DTYPES)}: {self.dtype!r}")
-        if problems:
-            raise InputError("detector options: " + "; ".join(problems))
 
 
 # ---------------------------------------------------------------------------------------------

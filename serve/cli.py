@@ -115,9 +115,9 @@ def label(
     --review-below-score re-routes from stored scores without running any model.
     """
     setup_logging(verbose)
+    from labeler.detector_options import DetectorOptions
     from labeler.ontology import load_ontology
     from labeler.pipeline import LabelConfig, run_label
-    from labeler.propose import DetectorOptions
     from labeler.route import RouteThresholds
 
     try:
