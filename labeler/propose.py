@@ -2,9 +2,11 @@
 
 One forward pass per image batch covers every phrase of every class: the phrases go into the model
 together (Grounding DINO: one prompt ``"phrase one. phrase two."``; OWL-ViT/OWLv2: one text query
-per phrase) and each box gets a score per phrase from the model's own outputs (token-span scores
-for Grounding DINO), never from decoding phrase strings. A class scores the best of its phrases,
-each box takes its best class, and class-aware NMS merges duplicates, synonyms included.
+per phrase; OmDet-Turbo: one class per phrase plus the task prompt ``"Detect phrase one, phrase
+two."``) and each box gets a score per phrase from the model's own outputs (token-span scores for
+Grounding DINO, per-query or per-class logits for the others), never from decoding phrase
+strings. A class scores the best of its phrases, each box takes its best class, and class-aware
+NMS merges duplicates, synonyms included.
 
 Model-specific code is confined to one text encoder and one output decoder per family, chosen by
 ``config.model_type`` from ``_FAMILIES``; everything after a decoder is shared.
@@ -48,7 +50,9 @@ class _TextChunk:
     """Text inputs for one forward pass over some of the ontology's phrases.
 
     ``text_inputs`` hold one image's worth (dim 0 is repeated for a batch: Grounding DINO's
-    ``(1, T)`` prompt becomes ``(B, T)``, OWL's ``(Q, L)`` queries become ``(B * Q, L)``).
+    ``(1, T)`` prompt becomes ``(B, T)``, OWL's ``(Q, L)`` queries become ``(B * Q, L)``, as do
+    OmDet-Turbo's ``(P, L)`` classes; its ``(1, L)`` task and ``(1,)`` class count become
+    ``(B, L)`` and ``(B,)``).
     ``phrase_ids`` index ``Ontology.phrases``. ``positive_map`` ``(P, T)`` (Grounding DINO only)
     has ``1 / span length`` on each phrase's tokens, so ``token_probs @ positive_map.T`` is the
     mean over the span.
@@ -235,12 +239,78 @@ def _decode_owlvit(outputs: Any, chunk: _TextChunk, image_wh: torch.Tensor) -> _
     return _Decoded(xyxy * image_wh.repeat(1, 2)[:, None, :], phrase_scores, box_scores)
 
 
+def _encode_text_omdet_turbo(
+    processor: Any, config: Any, phrases: Sequence[str]
+) -> list[_TextChunk]:
+    """Every phrase as one OmDet-Turbo class, with the task ``"Detect phrase one, phrase two."``
+    (``OmDetTurboProcessor``'s default task); all in one pass.
+
+    Classes and task are padded to the text model's length like the processor does (CLIP pools a
+    class at its end token, so padding does not change it). A phrase longer than that is an
+    InputError. A task longer than that is cut, as the processor cuts it: the task only conditions
+    the decoder, every phrase is still scored through its own class embedding.
+    """
+    tokenizer = processor.tokenizer
+    max_tokens = int(config.text_config.max_position_embeddings)
+    lengths = [len(ids) for ids in tokenizer(list(phrases))["input_ids"]]
+    for phrase, length in zip(phrases, lengths, strict=True):
+        if length > max_tokens:
+            raise InputError(
+                f"detector phrase {phrase!r} is {length} tokens long; the detector reads at most "
+                f"{max_tokens} tokens per class (start and end included). Shorten it."
+            )
+    classes = tokenizer(
+        list(phrases), padding="max_length", max_length=max_tokens, return_tensors="pt"
+    )
+    task = f"Detect {', '.join(phrases)}."
+    task_length = len(tokenizer(task)["input_ids"])
+    if task_length > max_tokens:
+        logger.info(
+            "OmDet-Turbo task prompt is %d tokens; the detector reads the first %d (all %d phrases "
+            "are still scored)", task_length, max_tokens, len(phrases),
+        )  # fmt: skip
+    tasks = tokenizer(
+        [task], padding="max_length", truncation=True, max_length=max_tokens, return_tensors="pt"
+    )
+    return [
+        _TextChunk(
+            text_inputs={
+                "classes_input_ids": classes["input_ids"],
+                "classes_attention_mask": classes["attention_mask"],
+                "tasks_input_ids": tasks["input_ids"],
+                "tasks_attention_mask": tasks["attention_mask"],
+                "classes_structure": torch.tensor([len(phrases)]),
+            },
+            phrase_ids=torch.arange(len(phrases)),
+        )
+    ]
+
+
+def _decode_omdet_turbo(outputs: Any, chunk: _TextChunk, image_wh: torch.Tensor) -> _Decoded:
+    """OmDet-Turbo outputs to boxes and phrase scores.
+
+    ``decoder_class_logits`` ``(B, N, P)`` hold one logit per class (= phrase); there is no
+    separate objectness, so the box score is the best phrase score, as in the processor's
+    ``post_process_grounded_object_detection``. ``decoder_coord_logits`` are normalized cxcywh
+    (already sigmoided); the processor's image processor resizes every image to one fixed size
+    (640x640, no padding, for the released checkpoints), so, as in that post-processing with
+    ``target_sizes``, the corners scale by each image's original width and height.
+    """
+    num_phrases = chunk.phrase_ids.shape[0]
+    phrase_scores = outputs.decoder_class_logits[..., :num_phrases].float().sigmoid()
+    xyxy = box_convert(outputs.decoder_coord_logits.float(), "cxcywh", "xyxy")
+    return _Decoded(
+        xyxy * image_wh.repeat(1, 2)[:, None, :], phrase_scores, phrase_scores.amax(dim=-1)
+    )
+
+
 _GROUNDING_DINO = _Family("Grounding DINO", _encode_text_grounding_dino, _decode_grounding_dino)
 _FAMILIES: dict[str, _Family] = {
     "grounding-dino": _GROUNDING_DINO,
     "mm-grounding-dino": _GROUNDING_DINO,
     "owlv2": _Family("OWLv2", _encode_text_owl, _decode_owlv2),
     "owlvit": _Family("OWL-ViT", _encode_text_owl, _decode_owlvit),
+    "omdet-turbo": _Family("OmDet-Turbo", _encode_text_omdet_turbo, _decode_omdet_turbo),
 }
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(_FAMILIES)
 
@@ -529,8 +599,8 @@ def load_detector(model: str | Path, options: DetectorOptions | None = None) -> 
             f"cannot use detector {model_id!r} from {where}: its architecture "
             f"{config.model_type!r} is not a supported zero-shot detector. Supported families "
             "(config model_type): Grounding DINO (grounding-dino), MM Grounding DINO "
-            "(mm-grounding-dino), OWLv2 (owlv2), OWL-ViT (owlvit); OmDet-Turbo is not supported "
-            f"yet. Pass e.g. --detector {_EXAMPLE_HUB_ID}."
+            "(mm-grounding-dino), OWLv2 (owlv2), OWL-ViT (owlvit), OmDet-Turbo (omdet-turbo). "
+            f"Pass e.g. --detector {_EXAMPLE_HUB_ID}."
         )
     try:
         processor = AutoProcessor.from_pretrained(source)

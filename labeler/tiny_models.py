@@ -13,6 +13,7 @@ second. The tokenizers are built locally too:
 * OWL-ViT/OWLv2 pool the text at the highest token id and treat id 0 as padding, so
   ``build_clip_tokenizer`` is a byte-level BPE with no merges whose ids end with
   ``<|startoftext|>``, ``<|endoftext|>`` and whose padding token ``!`` is id 0, as in CLIP.
+  OmDet-Turbo uses the same tokenizer (its class embedding is pooled at the highest id too).
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ from transformers import (
     BertConfig,
     BertTokenizer,
     CLIPTokenizer,
+    DetrImageProcessor,
     GroundingDinoConfig,
     GroundingDinoForObjectDetection,
     GroundingDinoImageProcessor,
     GroundingDinoProcessor,
+    OmDetTurboConfig,
+    OmDetTurboForObjectDetection,
+    OmDetTurboProcessor,
     Owlv2Config,
     Owlv2ForObjectDetection,
     Owlv2ImageProcessor,
@@ -42,6 +47,7 @@ __all__ = [
     "build_bert_tokenizer",
     "build_clip_tokenizer",
     "build_tiny_grounding_dino",
+    "build_tiny_omdet_turbo",
     "build_tiny_owlv2",
 ]
 
@@ -169,6 +175,71 @@ def build_tiny_owlv2(path: str | Path, *, seed: int = 0) -> Path:
     model = Owlv2ForObjectDetection(config).eval()
     image_processor = Owlv2ImageProcessor(size={"height": 32, "width": 32})
     processor = Owlv2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def build_tiny_omdet_turbo(path: str | Path, *, seed: int = 0, num_queries: int = 30) -> Path:
+    """Write a random OmDet-Turbo checkpoint (model + processor) to ``path`` and return it.
+
+    A transformers Swin backbone (one block per stage; an explicit ``backbone_config`` replaces
+    the default timm Swin, which would need timm), a one-layer CLIP text model, encoder and
+    decoder width 16 and two decoder layers.
+    Images are resized to 64x64 px without padding, like the released checkpoints' 640x640. The
+    text model reads 77 tokens because ``OmDetTurboProcessor`` pads to 77 whatever the tokenizer
+    says. ``class_embed_dim`` (the text width) differs from ``decoder_hidden_dim`` on purpose:
+    transformers only builds the decoder's task projection when they differ, yet always uses it.
+    """
+    path = Path(path)
+    tokenizer = build_clip_tokenizer(max_length=77)
+    text_dim = 24
+    torch.manual_seed(seed)
+    config = OmDetTurboConfig(
+        backbone_config={
+            "model_type": "swin",
+            "embed_dim": 8,
+            "depths": [1, 1, 1, 1],
+            "num_heads": [1, 1, 1, 1],
+            "window_size": 4,
+            "image_size": 64,
+            "out_indices": [2, 3, 4],
+        },
+        # The backbone LayerNorms expect timm's channels-last maps; transformers' Swin backbone
+        # returns normalized channels-first maps already.
+        apply_layernorm_after_vision_backbone=False,
+        text_config={
+            "model_type": "clip_text_model",
+            "hidden_size": text_dim,
+            "intermediate_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "vocab_size": len(tokenizer),
+            "max_position_embeddings": 77,
+            "pad_token_id": 0,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        text_projection_in_dim=text_dim,
+        text_projection_out_dim=text_dim,
+        class_embed_dim=text_dim,
+        task_encoder_hidden_dim=16,
+        image_size=64,
+        encoder_in_channels=[16, 32, 64],  # Swin stages 2-4 with embed_dim 8
+        vision_features_channels=[16, 16, 16],
+        encoder_hidden_dim=16,
+        decoder_hidden_dim=16,
+        encoder_attention_heads=2,
+        decoder_num_heads=2,
+        encoder_dim_feedforward=16,
+        decoder_dim_feedforward=16,
+        decoder_num_layers=2,
+        decoder_num_points=2,
+        num_queries=num_queries,
+    )
+    model = OmDetTurboForObjectDetection(config).eval()
+    image_processor = DetrImageProcessor(size={"height": 64, "width": 64}, do_pad=False)
+    processor = OmDetTurboProcessor(image_processor=image_processor, tokenizer=tokenizer)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path

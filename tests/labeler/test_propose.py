@@ -34,15 +34,21 @@ from labeler.propose import (
     DetectorOptions,
     _class_scores,
     _decode_grounding_dino,
+    _decode_omdet_turbo,
     _decode_owlv2,
     _encode_text_grounding_dino,
+    _encode_text_omdet_turbo,
     _grounding_phrase,
     _select_detections,
     _span_scores,
     _TextChunk,
     load_detector,
 )
-from labeler.tiny_models import build_tiny_grounding_dino, build_tiny_owlv2
+from labeler.tiny_models import (
+    build_tiny_grounding_dino,
+    build_tiny_omdet_turbo,
+    build_tiny_owlv2,
+)
 
 ALL_PASS = {"box_threshold": 0.0, "text_threshold": 0.0}
 ONTOLOGY = Ontology.from_mapping(
@@ -58,6 +64,11 @@ def gdino_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def owl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_owlv2(tmp_path_factory.mktemp("owlv2") / "model")
+
+
+@pytest.fixture(scope="module")
+def omdet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_omdet_turbo(tmp_path_factory.mktemp("omdet") / "model")
 
 
 def random_images(sizes_wh: list[tuple[int, int]], seed: int = 0) -> list[Image.Image]:
@@ -430,3 +441,102 @@ def test_hub_id_not_available_offline_says_how_to_download() -> None:
     assert "'promptlabel-tests/no-such-detector' from the Hugging Face hub" in message
     assert "hf download promptlabel-tests/no-such-detector --local-dir DIR" in message
     assert "HF_HUB_OFFLINE=1" in message
+
+
+# --- OmDet-Turbo ---------------------------------------------------------------------------------
+
+
+def test_omdet_turbo_text_inputs_are_what_its_processor_makes(omdet_dir: Path) -> None:
+    detector = load_detector(omdet_dir)
+    phrases = list(ONTOLOGY.phrases)
+    (chunk,) = _encode_text_omdet_turbo(detector.processor, detector.model.config, phrases)
+    expected = detector.processor(
+        images=random_images([(64, 48)]), text=phrases, return_tensors="pt"
+    )  # default task: "Detect car, red automobile, zebra dog, person."
+    assert set(chunk.text_inputs) == set(expected) - {"pixel_values"}
+    for key, value in chunk.text_inputs.items():
+        torch.testing.assert_close(value, expected[key], msg=key)
+    tokenizer = detector.processor.tokenizer
+    task = tokenizer.decode(chunk.text_inputs["tasks_input_ids"][0], skip_special_tokens=True)
+    # CLIP lower-cases; this byte-level decode puts a space before punctuation.
+    assert task.replace(" ", "") == "detectcar,redautomobile,zebradog,person."
+    assert chunk.phrase_ids.tolist() == [0, 1, 2, 3]
+
+
+def test_omdet_turbo_long_phrase_is_named_and_long_task_is_cut(omdet_dir: Path) -> None:
+    detector = load_detector(omdet_dir)
+    config = detector.model.config
+    with pytest.raises(InputError, match=r"zebra.*tokens long"):
+        _encode_text_omdet_turbo(detector.processor, config, ["zebra " * 20])  # a token a byte
+    phrases = [f"dog {i}" for i in range(20)]  # ~120 tokens of task: more than 77
+    (chunk,) = _encode_text_omdet_turbo(detector.processor, config, phrases)
+    assert chunk.text_inputs["tasks_input_ids"].shape == (1, 77)
+    assert chunk.text_inputs["classes_input_ids"].shape == (20, 77)
+    assert chunk.text_inputs["classes_structure"].tolist() == [20]
+
+
+def test_omdet_turbo_box_decoding_matches_transformers_post_processing(omdet_dir: Path) -> None:
+    detector = load_detector(omdet_dir)
+    images = random_images([(64, 48), (50, 100)])
+    (chunk,) = _encode_text_omdet_turbo(detector.processor, detector.model.config, ["a cat"])
+    inputs = detector.processor(images=images, text=[["a cat"], ["a cat"]], return_tensors="pt")
+    with torch.inference_mode():
+        outputs = detector.model(**inputs)
+    sizes_hw = [(image.height, image.width) for image in images]
+    # One class, every query kept (IoU never exceeds 1), sorted by score: one box per query.
+    expected = detector.processor.post_process_grounded_object_detection(
+        outputs, threshold=-1.0, nms_threshold=1.0, target_sizes=sizes_hw
+    )
+    decoded = _decode_omdet_turbo(outputs, chunk, torch.tensor([[64.0, 48.0], [50.0, 100.0]]))
+    torch.testing.assert_close(decoded.box_scores, decoded.phrase_scores[..., 0])
+    for i, (height, width) in enumerate(sizes_hw):
+        order = decoded.box_scores[i].argsort(descending=True)
+        torch.testing.assert_close(decoded.box_scores[i, order], expected[i]["scores"])
+        limits = torch.tensor([width, height, width, height], dtype=torch.float32)
+        clipped = decoded.xyxy_px[i, order].clamp(torch.zeros(4), limits)  # as it clips
+        torch.testing.assert_close(clipped, expected[i]["boxes"])
+
+
+def test_omdet_turbo_mixed_sizes_one_forward_and_batched_equals_single(omdet_dir: Path) -> None:
+    options = DetectorOptions(**ALL_PASS, max_det=8, batch_size=4)
+    detector = load_detector(omdet_dir, options)
+    assert detector.model.config.model_type == "omdet-turbo"
+    images = random_images([(64, 48), (50, 100)])
+    with count_forwards(detector) as calls:
+        batched = detector.propose(images, ONTOLOGY)  # 3 classes, 4 phrases
+    assert calls == [1]
+    assert_valid(batched, images, options)
+    assert all(len(dets) == 8 for dets in batched), "30 random queries leave more than 8"
+    assert set(np.concatenate([d.class_id for d in batched]).tolist()) <= {0, 1, 2}
+    for dets in batched:  # no objectness: the box score is the best phrase score
+        np.testing.assert_allclose(dets.data["box_score"], dets.confidence)
+    single = load_detector(omdet_dir, DetectorOptions(**ALL_PASS, max_det=8, batch_size=1))
+    with count_forwards(single) as calls:
+        one_by_one = single.propose(images, ONTOLOGY)
+    assert calls == [2]
+    for one, other in zip(batched, one_by_one, strict=True):
+        np.testing.assert_allclose(one.xyxy, other.xyxy, atol=1e-3)
+        np.testing.assert_array_equal(one.class_id, other.class_id)
+        np.testing.assert_allclose(one.confidence, other.confidence, atol=1e-4)
+
+
+def test_omdet_turbo_thresholds_are_respected(omdet_dir: Path) -> None:
+    images = random_images([(64, 48), (40, 60)], seed=2)
+    everything = load_detector(omdet_dir, DetectorOptions(**ALL_PASS, max_det=100))
+    scores = np.concatenate([d.confidence for d in everything.propose(images, ONTOLOGY)])
+    threshold = float(np.median(scores))
+    for field in ("box_threshold", "text_threshold"):
+        options = DetectorOptions(**{**ALL_PASS, field: threshold, "max_det": 100})
+        kept = load_detector(omdet_dir, options).propose(images, ONTOLOGY)
+        assert_valid(kept, images, options)
+        assert 0 < sum(len(d) for d in kept) < len(scores), field
+    strict = load_detector(omdet_dir, DetectorOptions(box_threshold=1.01))
+    assert [len(d) for d in strict.propose(images, ONTOLOGY)] == [0, 0]
+
+
+def test_unsupported_architecture_error_lists_omdet_turbo(tmp_path: Path) -> None:
+    BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1).save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError) as error:
+        load_detector(tmp_path)
+    assert "OmDet-Turbo (omdet-turbo)" in str(error.value)
+    assert "not supported yet" not in str(error.value)
