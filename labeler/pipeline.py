@@ -29,7 +29,12 @@ from labeler.images import LoadedImage, iter_image_paths, load_image, sha256_fil
 from labeler.ontology import Ontology
 from labeler.route import RouteThresholds, Status, route
 from labeler.store import LabelRow, StoredVerdict, Workspace
-from labeler.verify import check_verifier_spec, question_for, verdict_cache_key
+from labeler.verify import (
+    check_verifier_spec,
+    parse_verifier_spec,
+    question_for,
+    verdict_cache_key,
+)
 from labeler.verify.identity import verifier_identity
 
 if TYPE_CHECKING:
@@ -78,6 +83,10 @@ class LabelConfig:
     val_fraction: float = 0.2
     max_image_pixels: int = 89_478_485
     workspace_dir: Path | None = None
+
+    @property
+    def uses_verifier(self) -> bool:
+        return parse_verifier_spec(self.verifier)[0] != "none"
 
     @property
     def workspace(self) -> Path:
@@ -256,7 +265,7 @@ class _BoxWork:
 
 
 def _questions(config: LabelConfig) -> list[str | None]:
-    if config.verifier == "none":
+    if not config.uses_verifier:
         return [None] * len(config.ontology.classes)
     return [question_for(c) for c in config.ontology.classes]
 
@@ -523,7 +532,7 @@ def run_label(
             statuses.update(counts)
         identity = (
             verifier_identity(config.verifier, mode=config.verify_mode)
-            if config.verifier != "none"
+            if config.uses_verifier
             else None
         )
         report: dict[str, Any] = {
