@@ -197,20 +197,27 @@ def _decode_grounding_dino(outputs: Any, chunk: _TextChunk, image_wh: torch.Tens
     return _Decoded(xyxy * image_wh.repeat(1, 2)[:, None, :], phrase_scores, box_scores)
 
 
-def _encode_text_owl(processor: Any, config: Any, phrases: Sequence[str]) -> list[_TextChunk]:
-    """One text query per phrase, padded to the text model's length; all in one pass."""
-    tokenizer = processor.tokenizer
+def _encode_phrases_padded(
+    tokenizer: Any, config: Any, phrases: Sequence[str], *, unit: str
+) -> Any:
+    """Each phrase padded to the text model's length (one row per phrase); a phrase longer than
+    that raises InputError naming it (``unit`` says what one phrase is to the model)."""
     max_tokens = int(config.text_config.max_position_embeddings)
     lengths = [len(ids) for ids in tokenizer(list(phrases))["input_ids"]]
     for phrase, length in zip(phrases, lengths, strict=True):
         if length > max_tokens:
             raise InputError(
                 f"detector phrase {phrase!r} is {length} tokens long; the detector reads at most "
-                f"{max_tokens} tokens per query (start and end included). Shorten it."
+                f"{max_tokens} tokens per {unit} (start and end included). Shorten it."
             )
-    encoding = tokenizer(
+    return tokenizer(
         list(phrases), padding="max_length", max_length=max_tokens, return_tensors="pt"
     )
+
+
+def _encode_text_owl(processor: Any, config: Any, phrases: Sequence[str]) -> list[_TextChunk]:
+    """One text query per phrase, padded to the text model's length; all in one pass."""
+    encoding = _encode_phrases_padded(processor.tokenizer, config, phrases, unit="query")
     return [
         _TextChunk(
             text_inputs={k: encoding[k] for k in ("input_ids", "attention_mask")},
@@ -252,16 +259,7 @@ def _encode_text_omdet_turbo(
     """
     tokenizer = processor.tokenizer
     max_tokens = int(config.text_config.max_position_embeddings)
-    lengths = [len(ids) for ids in tokenizer(list(phrases))["input_ids"]]
-    for phrase, length in zip(phrases, lengths, strict=True):
-        if length > max_tokens:
-            raise InputError(
-                f"detector phrase {phrase!r} is {length} tokens long; the detector reads at most "
-                f"{max_tokens} tokens per class (start and end included). Shorten it."
-            )
-    classes = tokenizer(
-        list(phrases), padding="max_length", max_length=max_tokens, return_tensors="pt"
-    )
+    classes = _encode_phrases_padded(tokenizer, config, phrases, unit="class")
     task = f"Detect {', '.join(phrases)}."
     task_length = len(tokenizer(task)["input_ids"])
     if task_length > max_tokens:

@@ -102,6 +102,19 @@ def build_clip_tokenizer(*, max_length: int = 16) -> CLIPTokenizer:
     )
 
 
+def _tiny_swin_backbone(*, image_size: int) -> dict[str, object]:
+    """A one-block-per-stage transformers Swin with 8 channels, feeding three feature levels."""
+    return {
+        "model_type": "swin",
+        "embed_dim": 8,
+        "depths": [1, 1, 1, 1],
+        "num_heads": [1, 1, 1, 1],
+        "window_size": 4,
+        "image_size": image_size,
+        "out_indices": [2, 3, 4],
+    }
+
+
 def build_tiny_grounding_dino(path: str | Path, *, seed: int = 0, num_queries: int = 40) -> Path:
     """Write a random Grounding DINO checkpoint (model + processor) to ``path`` and return it.
 
@@ -113,15 +126,7 @@ def build_tiny_grounding_dino(path: str | Path, *, seed: int = 0, num_queries: i
     tokenizer = build_bert_tokenizer()
     torch.manual_seed(seed)
     config = GroundingDinoConfig(
-        backbone_config={
-            "model_type": "swin",
-            "embed_dim": 8,
-            "depths": [1, 1, 1, 1],
-            "num_heads": [1, 1, 1, 1],
-            "window_size": 4,
-            "image_size": 32,
-            "out_indices": [2, 3, 4],
-        },
+        backbone_config=_tiny_swin_backbone(image_size=32),
         text_config=BertConfig(
             vocab_size=len(tokenizer),
             hidden_size=16,
@@ -196,15 +201,7 @@ def build_tiny_omdet_turbo(path: str | Path, *, seed: int = 0, num_queries: int 
     text_dim = 24
     torch.manual_seed(seed)
     config = OmDetTurboConfig(
-        backbone_config={
-            "model_type": "swin",
-            "embed_dim": 8,
-            "depths": [1, 1, 1, 1],
-            "num_heads": [1, 1, 1, 1],
-            "window_size": 4,
-            "image_size": 64,
-            "out_indices": [2, 3, 4],
-        },
+        backbone_config=_tiny_swin_backbone(image_size=64),
         # The backbone LayerNorms expect timm's channels-last maps; transformers' Swin backbone
         # returns normalized channels-first maps already.
         apply_layernorm_after_vision_backbone=False,
