@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import typer
 from rich.console import Console
@@ -57,6 +58,9 @@ def make_progress() -> Progress:
 
 
 def setup_logging(verbose: bool) -> None:
+    if not verbose:
+        # Our rich bars are the UI; huggingface_hub and transformers read this when first imported.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
