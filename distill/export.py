@@ -326,6 +326,25 @@ def _fail_if_beyond(path: Path, max_abs_diff: float, atol: float) -> None:
         )
 
 
+def _compare_with_pytorch(
+    exported_file: Path,
+    exported: npt.NDArray[np.float32],
+    weights: Path,
+    images: npt.NDArray[np.float32],
+    metadata: Mapping[str, Any],
+    imgsz: int,
+    atol: float,
+) -> float:
+    """The largest scaled difference between an exported file's outputs and the PyTorch model's
+    on the same images; raises ModelLoadError beyond ``atol``."""
+    reference = _reference_outputs(Path(weights), images)
+    names = metadata.get("names")
+    n_classes = len(names) if isinstance(names, Mapping | list) else None
+    max_abs_diff = _max_scaled_diff(exported_file, exported, reference, imgsz, n_classes)
+    _fail_if_beyond(exported_file, max_abs_diff, atol)
+    return max_abs_diff
+
+
 def verify_onnx(
     onnx_file: Path, weights: Path, *, atol: float = DEFAULT_ATOL[False], batch: int = 1
 ) -> tuple[float, dict[str, Any]]:
@@ -353,11 +372,9 @@ def verify_onnx(
         exported = session.run(None, {model_input.name: feed})[0]
     except Exception as exc:  # e.g. a static-batch file fed another batch size
         raise ModelLoadError(f"{onnx_file}: onnxruntime cannot run it ({exc})") from exc
-    reference = _reference_outputs(Path(weights), images)
-    names = metadata.get("names")
-    n_classes = len(names) if isinstance(names, Mapping | list) else None
-    max_abs_diff = _max_scaled_diff(onnx_file, exported, reference, imgsz, n_classes)
-    _fail_if_beyond(onnx_file, max_abs_diff, atol)
+    max_abs_diff = _compare_with_pytorch(
+        onnx_file, exported, weights, images, metadata, imgsz, atol
+    )
     return max_abs_diff, metadata
 
 
@@ -396,9 +413,7 @@ def verify_engine(
         outputs = backend(torch.from_numpy(images).to(cuda))
     first = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
     exported = first.float().cpu().numpy()
-    reference = _reference_outputs(Path(weights), images)
-    names = metadata.get("names")
-    n_classes = len(names) if isinstance(names, Mapping | list) else None
-    max_abs_diff = _max_scaled_diff(engine_file, exported, reference, imgsz, n_classes)
-    _fail_if_beyond(engine_file, max_abs_diff, atol)
+    max_abs_diff = _compare_with_pytorch(
+        engine_file, exported, weights, images, metadata, imgsz, atol
+    )
     return max_abs_diff, metadata
