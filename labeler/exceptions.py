@@ -3,7 +3,10 @@
     PromptlabelError
     ├── InputError                 the user's input is wrong; the message names the file or field
     │   ├── OntologyError          an ontology file is invalid (line and field named)
-    │   └── ImageError             one image cannot be used (reason: corrupt, truncated, ...)
+    │   ├── ImageError             one image cannot be used (reason: corrupt, truncated, ...)
+    │   ├── NotFoundError          a named object does not exist (or is another project's)
+    │   └── ConflictError          the request contradicts stored state (e.g. a reused
+    │                              idempotency key with another body, a job not finished yet)
     ├── ModelLoadError             a checkpoint cannot be loaded (which, from where, what to do)
     ├── VerifierError              the verifier backend failed after its retries
     │   └── VerifierRateLimited    the backend kept answering 429
@@ -16,9 +19,11 @@ ImageError is recorded against its image and the run goes on.
 from __future__ import annotations
 
 __all__ = [
+    "ConflictError",
     "ImageError",
     "InputError",
     "ModelLoadError",
+    "NotFoundError",
     "OntologyError",
     "PromptlabelError",
     "StoreError",
@@ -47,6 +52,14 @@ class ImageError(InputError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class NotFoundError(InputError):
+    """A named object does not exist, or belongs to another project (which must not be told)."""
+
+
+class ConflictError(InputError):
+    """The request contradicts what is stored (the HTTP service answers 409)."""
 
 
 class ModelLoadError(PromptlabelError):

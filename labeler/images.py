@@ -17,7 +17,9 @@ from labeler.exceptions import ImageError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "DecodedImage",
     "LoadedImage",
+    "decode_image_bytes",
     "iter_image_paths",
     "load_image",
     "sha256_file",
@@ -39,6 +41,12 @@ class LoadedImage:
     @property
     def image_wh(self) -> tuple[int, int]:
         return self.image.size
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image  # RGB, EXIF orientation applied
+    format: str  # how the bytes were encoded, as Pillow names it: "JPEG", "PNG", "MPO", ...
 
 
 def iter_image_paths(root: str | Path) -> Iterator[Path]:
@@ -77,7 +85,7 @@ def _as_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _pillow_open(data: bytes) -> Image.Image:
+def _pillow_open(data: bytes, formats: tuple[str, ...] | None = None) -> Image.Image:
     """``PIL.Image.open`` as Pillow ships it, even after Ultralytics has been imported.
 
     Importing Ultralytics replaces ``PIL.Image.open`` with a wrapper that, the first time a file
@@ -87,7 +95,54 @@ def _pillow_open(data: bytes) -> Image.Image:
     opener = Image.open
     if opener.__module__ != Image.__name__:
         opener = getattr(sys.modules.get(opener.__module__), "_image_open", opener)
-    return opener(io.BytesIO(data))
+    return opener(io.BytesIO(data), formats=formats)
+
+
+def decode_image_bytes(
+    data: bytes,
+    *,
+    name: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: tuple[str, ...] | None = None,
+) -> DecodedImage:
+    """Decode encoded image bytes fully to RGB with EXIF orientation applied.
+
+    ``name`` is what errors call the image. The pixel count is checked from the header, before
+    any pixel is decoded. ``formats`` (Pillow's names, e.g. ``("JPEG", "PNG")``) limits which
+    decoders may try the bytes; None lets every decoder Pillow has try them.
+
+    Raises ImageError with reason ``zero_bytes``, ``not_an_image``, ``too_many_pixels``,
+    ``truncated`` or ``corrupt`` (including an image whose header is damaged).
+    """
+    if not data:
+        raise ImageError(name, "zero_bytes")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns below its hard limit; we enforce our own limit instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _pillow_open(data, formats) as opened:
+                width, height = opened.size
+                if width * height > max_pixels:
+                    raise ImageError(
+                        name, "too_many_pixels", f"{width}x{height} > {max_pixels} pixels"
+                    )
+                encoding = str(opened.format)
+                opened.load()
+                image = _as_rgb(ImageOps.exif_transpose(opened))
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, ImportError):  # ImportError: a patched opener, see above
+        if _looks_like_an_image(data):
+            raise ImageError(name, "corrupt", "the image header cannot be read") from None
+        raise ImageError(name, "not_an_image") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(name, "too_many_pixels", str(exc)) from None
+    except OSError as exc:
+        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
+        raise ImageError(name, reason, str(exc)) from None
+    except Exception as exc:  # decoders raise many types (SyntaxError, struct.error, ...)
+        raise ImageError(name, "corrupt", f"{type(exc).__name__}: {exc}") from None
+    return DecodedImage(image=image, format=encoding)
 
 
 def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
@@ -104,32 +159,5 @@ def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Loa
         raise ImageError(str(path), "missing") from None
     except OSError as exc:
         raise ImageError(str(path), "unreadable", exc.strerror or str(exc)) from None
-    if not data:
-        raise ImageError(str(path), "zero_bytes")
-    sha256 = hashlib.sha256(data).hexdigest()
-    try:
-        with warnings.catch_warnings():
-            # Pillow warns below its hard limit; we enforce our own limit instead.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with _pillow_open(data) as opened:
-                width, height = opened.size
-                if width * height > max_pixels:
-                    raise ImageError(
-                        str(path), "too_many_pixels", f"{width}x{height} > {max_pixels} pixels"
-                    )
-                opened.load()
-                image = _as_rgb(ImageOps.exif_transpose(opened))
-    except ImageError:
-        raise
-    except (UnidentifiedImageError, ImportError):  # ImportError: a patched opener, see above
-        if _looks_like_an_image(data):
-            raise ImageError(str(path), "corrupt", "the image header cannot be read") from None
-        raise ImageError(str(path), "not_an_image") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(str(path), "too_many_pixels", str(exc)) from None
-    except OSError as exc:
-        reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
-        raise ImageError(str(path), reason, str(exc)) from None
-    except Exception as exc:  # decoders raise many types (SyntaxError, struct.error, ...)
-        raise ImageError(str(path), "corrupt", f"{type(exc).__name__}: {exc}") from None
-    return LoadedImage(path=path, sha256=sha256, image=image)
+    decoded = decode_image_bytes(data, name=str(path), max_pixels=max_pixels)
+    return LoadedImage(path=path, sha256=hashlib.sha256(data).hexdigest(), image=decoded.image)

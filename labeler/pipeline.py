@@ -43,11 +43,12 @@ if TYPE_CHECKING:
     from labeler.propose import Detector
     from labeler.verify import Verifier
 
-__all__ = ["LabelConfig", "ProgressSink", "propose_key", "run_label"]
+__all__ = ["LABELS_FILENAME", "LabelConfig", "ProgressSink", "propose_key", "run_label"]
 
 log = logging.getLogger(__name__)
 
 WORKSPACE_DIRNAME = ".promptlabel"
+LABELS_FILENAME = "labels.jsonl"  # every proposal of every image, with its status and evidence
 
 
 class ProgressSink(Protocol):
@@ -408,6 +409,7 @@ class _Routed:
     items: list[ExportItem]
     review: list[dict[str, Any]]
     per_class: dict[str, Counter[str]]
+    images: list[dict[str, Any]]  # one record per image: every proposal with status and evidence
 
 
 def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> _Routed:
@@ -418,13 +420,16 @@ def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> 
         else verifier_identity(config.verifier, mode=config.verify_mode)
     )
     names = config.ontology.names
-    routed = _Routed(rows=[], items=[], review=[], per_class={n: Counter() for n in names})
+    routed = _Routed(
+        rows=[], items=[], review=[], per_class={n: Counter() for n in names}, images=[]
+    )
     sizes = workspace.image_sizes(scan.first_path)
     for sha in sorted(scan.first_path):
         proposals = workspace.load_proposals(sha, key)
         keys = _box_keys(sha, proposals, questions, identity, config.verify_mode)
         stored = workspace.get_verdicts(k for k in keys if k is not None)
         accepted: list[int] = []
+        labels: list[dict[str, Any]] = []
         for i, cache_key in enumerate(keys):
             verdict: StoredVerdict | None = stored.get(cache_key) if cache_key else None
             decision = route(
@@ -444,6 +449,18 @@ def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> 
                     verdict_key=cache_key,
                 )
             )
+            labels.append(
+                {
+                    "class": class_name,
+                    "class_id": int(proposals.class_id[i]),
+                    "xyxy": [round(float(v), 2) for v in proposals.xyxy[i]],
+                    "score": round(float(proposals.confidence[i]), 4),
+                    "status": decision.status.value,
+                    "reason": decision.reason,
+                    "yes_prob": verdict.yes_prob if verdict else None,
+                    "answer": verdict.raw if verdict else None,
+                }
+            )
             if decision.status is Status.ACCEPTED:
                 accepted.append(i)
             elif decision.status is Status.NEEDS_REVIEW:
@@ -458,6 +475,14 @@ def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> 
                         "answer": verdict.raw if verdict else None,
                     }
                 )
+        routed.images.append(
+            {
+                "path": str(scan.first_path[sha]),
+                "image_sha256": sha,
+                "image_wh": list(sizes[sha]) if sha in sizes else None,
+                "labels": labels,
+            }
+        )
         if sha in sizes:
             routed.items.append(
                 ExportItem(
@@ -574,5 +599,8 @@ def run_label(
         }
         (config.out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (config.out_dir / "review.json").write_text(json.dumps(routed.review, indent=2) + "\n")
+        (config.out_dir / LABELS_FILENAME).write_text(
+            "".join(json.dumps(record) + "\n" for record in routed.images)
+        )
         workspace.finish_run(run_id, report)
     return report

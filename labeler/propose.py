@@ -18,7 +18,7 @@ import inspect
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -421,6 +421,21 @@ class Detector:
 
     def __repr__(self) -> str:
         return f"Detector({self.model_id!r}, {self._family.name}, {self.device}, {self.dtype})"
+
+    def with_options(self, options: DetectorOptions) -> Detector:
+        """This loaded model with other thresholds and batch size (no reload, weights shared).
+
+        ``options.device`` and ``options.dtype`` are those it was loaded with; to change them,
+        load again.
+        """
+        return Detector(
+            self._model,
+            self._processor,
+            model_id=self.model_id,
+            options=replace(options, device=self.options.device, dtype=self.options.dtype),
+            device=self.device,
+            dtype=self.dtype,
+        )
 
     def propose(self, images: Sequence[Image.Image], ontology: Ontology) -> list[Detections]:
         """One ``Detections`` per image, in order.

@@ -36,6 +36,29 @@ class Settings(BaseSettings):
     cache_dir: Path = Path.home() / ".cache" / "promptlabel"
     demo_verifier: str = "transformers:HuggingFaceTB/SmolVLM-256M-Instruct"
 
+    # -- the HTTP service (`promptlabel serve` / `promptlabel worker`) -----------------------------
+    data_dir: Path = Path("promptlabel-data")  # images, job folders, registries, the SQLite db
+    database_url: str | None = None  # None: SQLite in data_dir; or postgresql+psycopg://...
+    # What API callers may choose; names map to model ids or local paths (callers never send paths).
+    service_detectors: dict[str, str] = {"default": "IDEA-Research/grounding-dino-tiny"}
+    service_verifiers: dict[str, str] = {"none": "none"}
+    service_verifier_url: str | None = None
+    service_train_bases: dict[str, str] = {"yolo11n": "yolo11n.pt"}
+    service_device: str = "auto"
+    lease_s: float = 60.0  # a worker that stops renewing its lease for this long loses the job
+    poll_interval_s: float = 1.0
+    max_attempts: int = 3  # a job whose worker dies this many times fails
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_image_bytes: int = 50 * 1024 * 1024
+    max_files_per_upload: int = 1000
+    max_zip_members: int = 10_000
+    max_zip_total_bytes: int = 2 * 1024 * 1024 * 1024
+    max_urls_per_request: int = 100
+    # CIDRs or host names that URL ingestion may reach although they are private (JSON list).
+    url_allowlist: list[str] = []
+    fetch_timeout_s: float = 15.0
+    max_redirects: int = 3
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

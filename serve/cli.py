@@ -12,7 +12,7 @@ from rich.table import Table
 
 from labeler.exceptions import PromptlabelError
 from labeler.settings import get_settings
-from serve import cli_distill
+from serve import cli_distill, cli_service
 from serve.cli_common import RichProgressSink, console, fail, make_progress, setup_logging
 
 app = typer.Typer(
@@ -262,6 +262,10 @@ app.command("train")(cli_distill.train_command)
 app.command("eval")(cli_distill.eval_command)
 app.add_typer(cli_distill.models_app, name="models")
 app.command("export")(cli_distill.export_command)
+app.command("serve")(cli_service.serve_command)
+app.command("worker")(cli_service.worker_command)
+app.add_typer(cli_service.projects_app, name="projects")
+app.add_typer(cli_service.keys_app, name="keys")
 
 
 def main() -> None:

@@ -99,14 +99,15 @@ def train_command(
 ) -> None:
     """Train a YOLO student on DATASET_DIR, evaluate it on the val split and register it."""
     setup_logging(verbose)
-    from distill.registry import EvalSet, evaluation_metrics
-    from distill.train import train
+    from distill.runs import train_and_register
 
     registry_dir = workspace or dataset_dir / ".promptlabel"
     try:
         with make_progress() as progress:
-            result = train(
+            run = train_and_register(
                 dataset_dir,
+                registry_dir=registry_dir,
+                out_dir=registry_dir / "runs" / _timestamp(),
                 base=base,
                 epochs=epochs,
                 imgsz=imgsz,
@@ -114,34 +115,15 @@ def train_command(
                 device=device,
                 patience=patience,
                 seed=seed,
-                out_dir=registry_dir / "runs" / _timestamp(),
                 progress=_EpochBar(progress, epochs),
             )
-        if result.interrupted:
+        result, version, metrics = run.train, run.version, run.metrics
+        if version is None:
             console.print(
                 f"[yellow]interrupted:[/] the last finished epoch is saved at {result.last}; "
                 "it was not registered"
             )
             raise typer.Exit(code=130)
-        metrics = evaluation_metrics(
-            result.best, EvalSet(data=dataset_dir, split="val"), imgsz=imgsz, device=device
-        )
-        with _open_registry(registry_dir, must_exist=False) as registry:
-            production = registry.production()
-            version = registry.register(
-                weights=result.best,
-                metrics=metrics,
-                dataset_hash=metrics.get("label_hash"),
-                config=result.config,
-                parent=production.version if production else None,
-            )
-            for path, kind in (
-                (result.results_csv, "results_csv"),
-                (result.results_png, "results_png"),
-            ):
-                if path.exists():
-                    registry.add_artifact(version.version, path, kind=kind)
-            version = registry.get(version.version)
     except PromptlabelError as error:
         raise fail(str(error)) from None
     console.print(_metrics_table(f"{version.version} on {dataset_dir} (val)", metrics))

@@ -52,7 +52,7 @@ from PIL import Image, ImageOps
 
 from labeler.detections import Detections
 from labeler.exceptions import ImageError, InputError, ModelLoadError
-from labeler.images import load_image
+from labeler.images import DEFAULT_MAX_PIXELS, decode_image_bytes, load_image
 
 __all__ = [
     "MAX_WH",
@@ -65,6 +65,7 @@ __all__ = [
     "load_runtime",
     "non_max_suppression",
     "parse_metadata",
+    "read_image_bytes",
     "resize_like_cv2",
 ]
 
@@ -515,23 +516,37 @@ def _pillow_open(data: bytes) -> Image.Image:
 
 
 def _read_image(path: Path) -> Image.Image:
-    """An RGB image from a file, EXIF orientation applied; failures become ImageError.
+    """An RGB image from a file, EXIF orientation applied; failures become ImageError."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return load_image(path).image  # names the reason: missing, unreadable
+    return read_image_bytes(data, name=str(path))
 
-    The common case is a plain decode; anything unusual (16-bit, damaged, not an image) is
-    handed to ``labeler.images.load_image``, which knows every failure reason.
+
+def read_image_bytes(
+    data: bytes, *, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """An RGB image from encoded bytes (as read from a file), EXIF orientation applied.
+
+    The common case is a plain decode; anything unusual (16-bit, damaged, not an image, more
+    than ``max_pixels``) is handed to ``labeler.images.decode_image_bytes``, which knows every
+    failure reason and raises ImageError naming ``name``.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = _pillow_open(path.read_bytes())
+            image = _pillow_open(data)
+            if image.width * image.height > max_pixels:
+                raise ValueError("too many pixels")
             image.load()
         if image.mode not in ("RGB", "L", "RGBA", "P", "LA", "CMYK", "YCbCr"):
-            raise ValueError(f"mode {image.mode}")  # 16-bit and float images: load_image
+            raise ValueError(f"mode {image.mode}")  # 16-bit and float images: the slow path
         if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
             image = ImageOps.exif_transpose(image)
         return image if image.mode == "RGB" else image.convert("RGB")
     except Exception:
-        return load_image(path).image
+        return decode_image_bytes(data, name=name, max_pixels=max_pixels).image
 
 
 def _as_rgb(image: ImageInput, index: int) -> Image.Image | npt.NDArray[np.uint8]:

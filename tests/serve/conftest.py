@@ -1,15 +1,28 @@
 """Exported YOLO students for the device-runtime tests, built once per session, offline
-(see tests/fakes/students.py for why they are calibrated)."""
+(see tests/fakes/students.py for why they are calibrated), and the HTTP service on a fresh
+database with a project, a key, a tiny detector and a loopback VLM."""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
+from labeler.ontology import Ontology
+from labeler.settings import Settings
+from serve.app import create_app
+from serve.auth import create_api_key, create_project
+from serve.db import Database
+from serve.worker import Worker
 from tests.fakes.students import build_student, export_onnx
+from tests.fakes.vlm_server import FakeVLMServer, RecordedRequest
 
 
 @dataclass(frozen=True)
@@ -68,3 +81,133 @@ def sample_images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     image.save(folder / "rotated.jpg", exif=exif.tobytes(), quality=90)
     paths.append(folder / "rotated.jpg")
     return paths
+
+
+# -- the HTTP service --------------------------------------------------------------------------
+# Every service test runs on SQLite and on PostgreSQL. PostgreSQL tests need
+# PROMPTLABEL_TEST_DATABASE_URL (`.ci/run` starts a server and sets it); without it they are
+# skipped, unless PROMPTLABEL_REQUIRE_POSTGRES=1 (as in CI), which turns the skip into a failure.
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """None (SQLite in the data folder) or a PostgreSQL URL whose search_path is a fresh schema."""
+    if request.param == "sqlite":
+        yield None
+        return
+    import secrets
+
+    import sqlalchemy as sa
+
+    from serve.db import normalize_database_url
+
+    base = os.environ.get("PROMPTLABEL_TEST_DATABASE_URL")
+    if not base:
+        if os.environ.get("PROMPTLABEL_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PROMPTLABEL_REQUIRE_POSTGRES=1 but PROMPTLABEL_TEST_DATABASE_URL is unset")
+        pytest.skip("no PostgreSQL: set PROMPTLABEL_TEST_DATABASE_URL (scripts/start_postgres.sh)")
+    base = normalize_database_url(base)
+    schema = f"test_{secrets.token_hex(6)}"
+    admin = sa.create_engine(base)
+    with admin.begin() as connection:
+        connection.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    separator = "&" if "?" in base else "?"
+    yield f"{base}{separator}options=-csearch_path%3D{schema}"
+    with admin.begin() as connection:
+        connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture
+def vlm_server() -> Iterator[FakeVLMServer]:
+    """A loopback OpenAI-compatible VLM that says yes to every crop that is mostly bright."""
+    os.environ["OPENAI_API_KEY"] = "test-key"
+    with FakeVLMServer(script=answer_by_crop) as running:
+        yield running
+    os.environ.pop("OPENAI_API_KEY", None)
+
+
+def answer_by_crop(request: RecordedRequest) -> str:
+    """A deterministic yes/no that depends on the crop only (so reruns agree)."""
+    digest = hashlib.sha256(request.image_urls[0].encode()).hexdigest()
+    return "Yes" if digest[0] in "01234567" else "No"
+
+
+@pytest.fixture
+def service_settings(
+    tmp_path: Path,
+    database_url: str | None,
+    tiny_detector_dir: Path,
+    vlm_server: FakeVLMServer,
+) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        service_detectors={"default": str(tiny_detector_dir)},
+        service_verifiers={"none": "none", "fake": "openai:fake-vlm"},
+        service_verifier_url=vlm_server.base_url,
+        service_device="cpu",
+        lease_s=30.0,
+        poll_interval_s=0.05,
+        max_retries=0,
+        request_timeout_s=5.0,
+        concurrency=4,
+        batch_size=2,
+        url_allowlist=[],
+    )
+
+
+@dataclass
+class Service:
+    client: TestClient
+    settings: Settings
+    db: Database
+    project_id: str
+    headers: dict[str, str]
+
+    def url(self, path: str = "") -> str:
+        return f"/v1/projects/{self.project_id}{path}"
+
+    def run_jobs(self) -> int:
+        """Run queued jobs in this thread until none is left; returns how many ran."""
+        worker = Worker(db=self.db, settings=self.settings, name="test-worker")
+        ran = 0
+        while worker.run_once():
+            ran += 1
+        return ran
+
+    def new_project(self, name: str) -> tuple[str, dict[str, str]]:
+        project_id = create_project(self.db, name=name, ontology=SHAPES)
+        key = create_api_key(self.db, project_id=project_id)
+        return project_id, {"Authorization": f"Bearer {key.token}"}
+
+
+SHAPES = Ontology.from_mapping({"shape": ["circle", "square"]})
+
+
+@pytest.fixture
+def service(service_settings: Settings) -> Iterator[Service]:
+    """The app on a fresh database, one project with an ontology and a key; no worker threads."""
+    app = create_app(service_settings)
+    with TestClient(app) as client:
+        db = app.state.db
+        project_id = create_project(db, name="shapes", ontology=SHAPES)
+        key = create_api_key(db, project_id=project_id, name="tests")
+        yield Service(
+            client=client,
+            settings=service_settings,
+            db=db,
+            project_id=project_id,
+            headers={"Authorization": f"Bearer {key.token}"},
+        )
+    app.state.db.dispose()
+
+
+def png_bytes(seed: int = 0, size: tuple[int, int] = (96, 72)) -> bytes:
+    """A small PNG of shapes on a textured background; the same seed gives the same bytes."""
+    from labeler.synthetic import make_shapes_image
+
+    image, _ = make_shapes_image(np.random.default_rng(seed), size, n_shapes=2)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

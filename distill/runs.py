@@ -1,0 +1,80 @@
+"""Train, evaluate, register: the one sequence the CLI's ``train`` and the service's training
+jobs both run, so a model registered either way carries the same evidence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distill.registry import EvalSet, ModelVersion, Registry, evaluation_metrics
+from distill.train import ProgressCallback, TrainResult, train
+
+__all__ = ["RegisteredRun", "train_and_register"]
+
+
+@dataclass(frozen=True)
+class RegisteredRun:
+    """A finished training run; ``version`` is None when it was interrupted (not registered)."""
+
+    train: TrainResult
+    version: ModelVersion | None
+    metrics: dict[str, Any]
+
+
+def train_and_register(
+    dataset_dir: Path,
+    *,
+    registry_dir: Path,
+    out_dir: Path,
+    base: str | Path,
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    device: str = "auto",
+    patience: int = 50,
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+    plots: bool = True,
+) -> RegisteredRun:
+    """Train on ``dataset_dir``, score the best checkpoint on its val split, and register it.
+
+    The new version records the production version (if any) as its parent, the training curves
+    as artifacts, and the val metrics that a later ``promote`` compares against. An interrupted
+    run is not registered. Errors are those of ``train``, ``evaluation_metrics`` and ``Registry``.
+    """
+    result = train(
+        dataset_dir,
+        base=base,
+        epochs=epochs,
+        imgsz=imgsz,
+        batch=batch,
+        device=device,
+        patience=patience,
+        seed=seed,
+        out_dir=out_dir,
+        progress=progress,
+        plots=plots,
+    )
+    if result.interrupted:
+        return RegisteredRun(train=result, version=None, metrics={})
+    metrics = evaluation_metrics(
+        result.best, EvalSet(data=dataset_dir, split="val"), imgsz=imgsz, device=device
+    )
+    with Registry(registry_dir) as registry:
+        production = registry.production()
+        version = registry.register(
+            weights=result.best,
+            metrics=metrics,
+            dataset_hash=metrics.get("label_hash"),
+            config=result.config,
+            parent=production.version if production else None,
+        )
+        for path, kind in (
+            (result.results_csv, "results_csv"),
+            (result.results_png, "results_png"),
+        ):
+            if path.exists():
+                registry.add_artifact(version.version, path, kind=kind)
+        version = registry.get(version.version)
+    return RegisteredRun(train=result, version=version, metrics=metrics)

@@ -1,0 +1,164 @@
+"""The FastAPI application: routers, error mapping, limits, metrics, in-process workers."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from labeler.exceptions import (
+    ConflictError,
+    InputError,
+    ModelLoadError,
+    NotFoundError,
+    PromptlabelError,
+)
+from labeler.settings import Settings
+from serve.db import Database
+from serve.routes import health, images, jobs, models, projects
+from serve.telemetry import HTTP_REQUESTS, HTTP_SECONDS, job_log_context
+from serve.worker import ModelCache, Worker
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+JSON_BODY_LIMIT = 1024 * 1024  # JSON bodies are small; only uploads may be large
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit with 413, by Content-Length or while streaming."""
+
+    def __init__(self, app: ASGIApp, *, upload_limit: int, json_limit: int = JSON_BODY_LIMIT):
+        self.app = app
+        self.upload_limit = upload_limit
+        self.json_limit = json_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        limit = self.upload_limit if content_type.startswith("multipart/") else self.json_limit
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(limit, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _TooLarge(limit)
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await _too_large(limit, send)
+
+
+class _TooLarge(HTTPException):
+    # An HTTPException, so that FastAPI's body parsing passes it on instead of answering 400.
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, _too_large_message(limit))
+
+
+def _too_large_message(limit: int) -> str:
+    return f"request body over the {limit}-byte limit (PROMPTLABEL_MAX_UPLOAD_BYTES for uploads)"
+
+
+async def _too_large(limit: int, send: Send) -> None:
+    response = JSONResponse(
+        {"detail": _too_large_message(limit)},
+        status_code=413,
+    )
+    await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+_STATUS_FOR_ERROR: list[tuple[type[PromptlabelError], int]] = [
+    (NotFoundError, 404),
+    (ConflictError, 409),
+    (InputError, 422),
+    (ModelLoadError, 503),
+    (PromptlabelError, 500),
+]
+
+
+def _error_response(request: Request, error: Exception) -> JSONResponse:
+    status = next(code for kind, code in _STATUS_FOR_ERROR if isinstance(error, kind))
+    if status >= 500:
+        log.error("%s %s failed: %s", request.method, request.url.path, error)
+    return JSONResponse({"detail": str(error)}, status_code=status)
+
+
+def create_app(settings: Settings, *, db: Database | None = None, workers: int = 0) -> FastAPI:
+    """The service app; ``workers`` in-process workers run jobs while it serves."""
+    database = db or Database(settings.database_url, data_dir=settings.data_dir)
+    stop = threading.Event()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        database.create_schema()
+        models = ModelCache()  # in-process workers share loaded models
+        threads = [
+            threading.Thread(
+                target=Worker(db=database, settings=settings, models=models).run,
+                args=(stop,),
+                name=f"worker-{i}",
+                daemon=True,
+            )
+            for i in range(workers)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+
+    app = FastAPI(
+        title="promptlabel",
+        version="1",
+        summary="Class prompts in, verified labels and a fast on-device model out.",
+        lifespan=lifespan,
+    )
+    app.state.db = database
+    app.state.settings = settings
+    for router in (health, projects, images, jobs, models):
+        app.include_router(router.router)
+    app.add_exception_handler(PromptlabelError, _error_response)
+    app.add_middleware(BodyLimit, upload_limit=settings.max_upload_bytes)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Any) -> Any:
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        started = time.perf_counter()
+        with job_log_context(request_id=request_id):
+            response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        HTTP_SECONDS.labels(request.method, path).observe(time.perf_counter() - started)
+        response.headers["X-Request-ID"] = request_id
+        return response
+
+    return app

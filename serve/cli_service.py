@@ -1,0 +1,214 @@
+"""``promptlabel serve``, ``worker``, ``projects`` and ``keys``: run and administer the service."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from labeler.exceptions import PromptlabelError
+from labeler.settings import Settings, get_settings
+from serve.cli_common import console, fail
+
+__all__ = ["keys_app", "projects_app", "serve_command", "worker_command"]
+
+projects_app = typer.Typer(help="Create and list projects.", no_args_is_help=True)
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Service data folder (default: $PROMPTLABEL_DATA_DIR or ./promptlabel-data)."
+    ),
+]
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    settings = get_settings()
+    return settings.model_copy(update={"data_dir": data_dir}) if data_dir else settings
+
+
+def _database(settings: Settings):  # type: ignore[no-untyped-def]
+    from serve.db import Database
+
+    db = Database(settings.database_url, data_dir=settings.data_dir)
+    db.create_schema()
+    return db
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def serve_command(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[
+        int, typer.Option(help="Job workers inside this process (0: only `promptlabel worker`s).")
+    ] = 1,
+    data_dir: DataDirOption = None,
+    log_format: Annotated[str, typer.Option(help="json or text.")] = "json",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the HTTP API (docs at /docs) with in-process workers."""
+    import uvicorn
+
+    from serve.app import create_app
+    from serve.telemetry import configure_logging
+
+    configure_logging(
+        level=logging.DEBUG if verbose else logging.INFO, json_format=log_format == "json"
+    )
+    settings = _settings(data_dir)
+    try:
+        app = create_app(settings, workers=workers)
+    except PromptlabelError as error:
+        raise fail(str(error)) from None
+    logging.getLogger(__name__).info(
+        "serving on http://%s:%d (docs at /docs), %d in-process workers, database %r",
+        host,
+        port,
+        workers,
+        app.state.db,
+    )
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
+
+
+def worker_command(
+    threads: Annotated[int, typer.Option(help="Jobs to run at once in this process.")] = 1,
+    data_dir: DataDirOption = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on this port.")
+    ] = None,
+    log_format: Annotated[str, typer.Option(help="json or text.")] = "json",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run jobs from the queue until SIGTERM or Ctrl-C (the running job is given back)."""
+    from serve.telemetry import configure_logging
+    from serve.worker import ModelCache, Worker
+
+    configure_logging(
+        level=logging.DEBUG if verbose else logging.INFO, json_format=log_format == "json"
+    )
+    settings = _settings(data_dir)
+    try:
+        db = _database(settings)
+    except PromptlabelError as error:
+        raise fail(str(error)) from None
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    models = ModelCache()
+    runners = [
+        threading.Thread(
+            target=Worker(db=db, settings=settings, models=models).run,
+            args=(stop,),
+            name=f"worker-{i}",
+        )
+        for i in range(threads)
+    ]
+    for runner in runners:
+        runner.start()
+    while any(runner.is_alive() for runner in runners):
+        stop.wait(0.5)
+        for runner in runners:
+            runner.join(timeout=0.1)
+
+
+@projects_app.command("create")
+def projects_create(
+    name: Annotated[str, typer.Argument(help="A unique project name.")],
+    ontology: Annotated[
+        Path | None, typer.Option(help="An ontology YAML file (or PUT it over the API later).")
+    ] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create a project; print its id."""
+    from labeler.ontology import load_ontology
+    from serve.auth import create_project
+
+    try:
+        loaded = load_ontology(ontology) if ontology else None
+        project_id = create_project(_database(_settings(data_dir)), name=name, ontology=loaded)
+    except PromptlabelError as error:
+        raise fail(str(error)) from None
+    typer.echo(project_id)
+
+
+@projects_app.command("list")
+def projects_list(data_dir: DataDirOption = None) -> None:
+    """List projects."""
+    import sqlalchemy as sa
+
+    from serve.db import projects
+
+    with _database(_settings(data_dir)).read() as connection:
+        rows = connection.execute(sa.select(projects).order_by(projects.c.created_at)).all()
+    table = Table("id", "name", "classes", "created")
+    for row in rows:
+        table.add_row(
+            row.id, row.name, str(len(row.ontology.get("classes", []))), _when(row.created_at)
+        )
+    console.print(table)
+
+
+@keys_app.command("create")
+def keys_create(
+    project: Annotated[str, typer.Option(help="The project name the key may use.")],
+    name: Annotated[str, typer.Option(help="What the key is for (shown in `keys list`).")] = "",
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create an API key for PROJECT and print it once (only its hash is stored)."""
+    from serve.auth import create_api_key, get_project_by_name
+
+    try:
+        db = _database(_settings(data_dir))
+        created = create_api_key(db, project_id=get_project_by_name(db, project), name=name)
+    except PromptlabelError as error:
+        raise fail(str(error)) from None
+    console.print(
+        f"key {created.key_id} for project {project} ({created.project_id}); "
+        "store it now, it is not shown again:",
+        highlight=False,
+    )
+    typer.echo(created.token)
+
+
+@keys_app.command("list")
+def keys_list(data_dir: DataDirOption = None) -> None:
+    """List API keys (ids only; secrets are never stored)."""
+    from serve.auth import list_api_keys
+
+    table = Table("key id", "project", "name", "created", "revoked")
+    for key in list_api_keys(_database(_settings(data_dir))):
+        table.add_row(
+            key.key_id, key.project_name, key.name, _when(key.created_at), _when(key.revoked_at)
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id (or the whole key).")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Revoke an API key; requests with it are refused from now on."""
+    from serve.auth import revoke_api_key
+
+    try:
+        revoke_api_key(_database(_settings(data_dir)), key_id)
+    except PromptlabelError as error:
+        raise fail(str(error)) from None
+    console.print(f"revoked {key_id}", highlight=False)

@@ -1,0 +1,236 @@
+"""The service database: one schema for SQLite and PostgreSQL, and how to open it.
+
+Everything the service knows about projects, keys, images and jobs lives here; the job table is
+also the job queue (see ``serve.queue``), so job state has exactly one source of truth. Times are
+UNIX seconds (float) taken from the clock of the process that writes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from labeler.exceptions import InputError, StoreError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Database",
+    "api_keys",
+    "images",
+    "job_images",
+    "jobs",
+    "metadata",
+    "normalize_database_url",
+    "projects",
+    "schema_info",
+]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+schema_info = sa.Table(
+    "schema_info",
+    metadata,
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+projects = sa.Table(
+    "projects",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False, unique=True),
+    sa.Column("ontology", sa.JSON, nullable=False),  # {"classes": [...]}, an Ontology's dump
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("project_id", sa.ForeignKey("projects.id"), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("secret_sha256", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float),
+)
+
+images = sa.Table(
+    "images",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("project_id", sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("filename", sa.String(255), nullable=False),
+    sa.Column("extension", sa.String(8), nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("source_url", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    # The same bytes uploaded twice are one image: uploads are idempotent.
+    sa.UniqueConstraint("project_id", "sha256", name="uq_images_project_sha256"),
+    sa.Index("ix_images_project_created", "project_id", "created_at"),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("project_id", sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # JobKind
+    sa.Column("status", sa.String(16), nullable=False),  # JobStatus
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("idempotency_key", sa.String(200)),
+    sa.Column("request_sha256", sa.String(64)),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("max_attempts", sa.Integer, nullable=False),
+    sa.Column("run_after", sa.Float, nullable=False),
+    sa.Column("lease_owner", sa.String(200)),
+    sa.Column("lease_token", sa.String(40)),
+    sa.Column("lease_expires_at", sa.Float),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("progress", sa.JSON),
+    sa.Column("result", sa.JSON),
+    sa.Column("error", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("project_id", "idempotency_key", name="uq_jobs_project_idempotency"),
+    sa.Index("ix_jobs_claim", "status", "run_after"),
+    sa.Index("ix_jobs_project_created", "project_id", "created_at"),
+)
+
+job_images = sa.Table(
+    "job_images",
+    metadata,
+    sa.Column("job_id", sa.ForeignKey("jobs.id"), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("image_id", sa.ForeignKey("images.id"), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending, labeled, failed
+    sa.Column("error", sa.Text),
+    sa.Column("labels", sa.JSON),
+    sa.Column("counts", sa.JSON),  # {"accepted": n, "rejected": n, "needs_review": n}
+)
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` as well as SQLAlchemy's ``+psycopg`` form."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers run beside the one writer; busy_timeout makes writers wait, not fail.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # A write transaction takes the write lock up front: a deferred one that later upgrades can
+    # fail with "database is locked" without waiting when another writer got there first.
+    mode = "IMMEDIATE" if connection.get_execution_options().get("write") else "DEFERRED"
+    connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+class Database:
+    """An engine plus the two ways in: ``read()`` and ``write()`` transactions."""
+
+    def __init__(self, url: str | None, *, data_dir: Path, pool_size: int = 20) -> None:
+        if url is None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{data_dir / 'promptlabel.db'}"
+        url = normalize_database_url(url)
+        self.url = url
+        try:
+            parsed = sa.make_url(url)
+        except sa.exc.ArgumentError:
+            raise InputError(
+                f"PROMPTLABEL_DATABASE_URL {url!r} is not a database URL "
+                "(expected sqlite:///path or postgresql://user:password@host:5432/db)"
+            ) from None
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            self.engine: Engine = sa.create_engine(
+                url,
+                connect_args={"check_same_thread": False, "isolation_level": None},
+                pool_size=pool_size,
+                max_overflow=pool_size,
+            )
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            sa.event.listen(self.engine, "begin", _sqlite_begin)
+        elif self.dialect == "postgresql":
+            self.engine = sa.create_engine(
+                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            )
+        else:
+            raise InputError(
+                f"PROMPTLABEL_DATABASE_URL: unsupported database {self.dialect!r}; "
+                "use sqlite or postgresql"
+            )
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    def __repr__(self) -> str:
+        return f"Database({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as connection, connection.begin():
+            yield connection
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with (
+            self.engine.connect().execution_options(write=True) as connection,
+            connection.begin(),
+        ):
+            yield connection
+
+    def create_schema(self) -> None:
+        """Create missing tables; refuse a database written by a newer promptlabel."""
+        try:
+            with self.write() as connection:
+                if self.is_postgres:
+                    # Several processes may start at once; one creates, the others wait.
+                    lock_id = zlib.crc32(b"promptlabel-schema")
+                    connection.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": lock_id}
+                    )
+                metadata.create_all(connection)
+                found = connection.execute(sa.select(sa.func.max(schema_info.c.version))).scalar()
+                if found is None:
+                    connection.execute(
+                        schema_info.insert().values(version=SCHEMA_VERSION, created_at=time.time())
+                    )
+                elif found > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self!r} was written by a newer promptlabel (schema {found}, this one "
+                        f"knows {SCHEMA_VERSION}); upgrade promptlabel"
+                    )
+        except sa.exc.OperationalError as exc:
+            raise StoreError(f"cannot open the service database {self!r}: {exc.orig}") from None
+
+    def dispose(self) -> None:
+        self.engine.dispose()

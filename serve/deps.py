@@ -1,0 +1,61 @@
+"""FastAPI dependencies: the database, settings, the caller and the project it may see."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Path, Query, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from labeler.exceptions import NotFoundError
+from labeler.settings import Settings
+from serve.auth import Principal, authenticate
+from serve.db import Database
+
+__all__ = ["CurrentPrincipal", "Db", "Offset", "ProjectId", "ServiceSettings"]
+
+# Bounded so that a huge number is a 422, not an integer the database cannot store.
+Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="Items to skip.")]
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `promptlabel keys create`.")
+
+
+def _db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+Db = Annotated[Database, Depends(_db)]
+ServiceSettings = Annotated[Settings, Depends(_settings)]
+
+
+def _principal(
+    db: Db,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    principal = authenticate(db, credentials.credentials) if credentials else None
+    if principal is None:
+        raise HTTPException(
+            status_code=status.HTTP_401_UNAUTHORIZED,
+            detail="missing, unknown or revoked API key: send 'Authorization: Bearer pl_...'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(_principal)]
+
+
+def _project_id(principal: CurrentPrincipal, project_id: Annotated[str, Path()]) -> str:
+    # Another project's id gets the same answer as one that does not exist.
+    if project_id != principal.project_id:
+        raise NotFoundError(f"no project {project_id!r}")
+    return project_id
+
+
+ProjectId = Annotated[str, Depends(_project_id)]

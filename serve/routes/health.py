@@ -1,0 +1,39 @@
+"""Health (no key needed) and Prometheus metrics."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from serve.db import jobs
+from serve.deps import CurrentPrincipal, Db
+from serve.telemetry import JOBS_IN_QUEUE
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/healthz", summary="Liveness and database reachability (no API key needed)")
+def healthz(db: Db) -> dict[str, str]:
+    with db.read() as connection:
+        connection.execute(sa.text("SELECT 1"))
+    return {"status": "ok", "database": db.dialect}
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (any valid API key)",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+def metrics(db: Db, _: CurrentPrincipal) -> Response:
+    with db.read() as connection:
+        counts = connection.execute(
+            sa.select(jobs.c.kind, jobs.c.status, sa.func.count()).group_by(
+                jobs.c.kind, jobs.c.status
+            )
+        ).all()
+    JOBS_IN_QUEUE.clear()
+    for kind, status, count in counts:
+        JOBS_IN_QUEUE.labels(kind=kind, status=status).set(count)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,60 @@
+"""The caller's project and its ontology."""
+
+from __future__ import annotations
+
+import time
+
+import sqlalchemy as sa
+from fastapi import APIRouter
+
+from serve.auth import ontology_from_json
+from serve.db import Database, images, projects
+from serve.deps import CurrentPrincipal, Db, ProjectId
+from serve.schemas import OntologyIn, ProjectPublic, as_datetime, error_responses
+
+router = APIRouter(prefix="/v1/projects", tags=["projects"])
+
+
+def _project(db: Database, project_id: str) -> ProjectPublic:
+    with db.read() as connection:
+        row = connection.execute(sa.select(projects).where(projects.c.id == project_id)).one()
+        count = connection.execute(
+            sa.select(sa.func.count()).select_from(images).where(images.c.project_id == project_id)
+        ).scalar_one()
+    return ProjectPublic(
+        id=row.id,
+        name=row.name,
+        ontology=row.ontology,
+        images=count,
+        created_at=as_datetime(row.created_at),
+        updated_at=as_datetime(row.updated_at),
+    )
+
+
+@router.get("", summary="The projects this key can see (exactly one)")
+def list_projects(db: Db, principal: CurrentPrincipal) -> list[ProjectPublic]:
+    return [_project(db, principal.project_id)]
+
+
+@router.get("/{project_id}", responses=error_responses(404))
+def get_project(db: Db, project_id: ProjectId) -> ProjectPublic:
+    return _project(db, project_id)
+
+
+@router.put(
+    "/{project_id}/ontology",
+    summary="Replace the project's ontology (the classes to label)",
+    responses=error_responses(404, 422),
+)
+def put_ontology(db: Db, project_id: ProjectId, body: OntologyIn) -> ProjectPublic:
+    ontology = ontology_from_json(body.model_dump(mode="json"), source="ontology")
+    with db.write() as connection:
+        connection.execute(
+            sa.update(projects)
+            .where(projects.c.id == project_id)
+            .values(
+                ontology={"classes": [c.model_dump(mode="json") for c in ontology.classes]},
+                updated_at=time.time(),
+            )
+        )
+    return _project(db, project_id)

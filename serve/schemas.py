@@ -1,0 +1,192 @@
+"""Request and response bodies of the HTTP API, split by role (``*Create`` in, ``*Public`` out)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal, overload
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ErrorBody",
+    "ImagePublic",
+    "ImageUploadResult",
+    "JobPublic",
+    "JobResultItem",
+    "JobResultsPage",
+    "LabelJobCreate",
+    "ModelPublic",
+    "OntologyClassIn",
+    "OntologyIn",
+    "PredictResult",
+    "ProjectPublic",
+    "PromotionPublic",
+    "RejectedUpload",
+    "TrainJobCreate",
+    "UrlFetchCreate",
+    "as_datetime",
+    "error_responses",
+]
+
+
+@overload
+def as_datetime(seconds: float) -> datetime: ...
+@overload
+def as_datetime(seconds: None) -> None: ...
+@overload
+def as_datetime(seconds: float | None) -> datetime | None: ...
+def as_datetime(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses a route may answer, all with an ``ErrorBody``."""
+    return {code: {"model": ErrorBody} for code in codes}
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class OntologyClassIn(_In):
+    name: str = Field(min_length=1, max_length=256)
+    detect: str | list[str] = Field(description="Detector phrase(s) for this class.")
+    verify: str | bool | None = Field(
+        default=None,
+        description="The verifier's yes/no question; null for the default, false to skip.",
+    )
+
+
+class OntologyIn(_In):
+    classes: list[OntologyClassIn] | dict[str, str | list[str]] = Field(
+        description="Long form (a list of classes) or short form (class name to phrase)."
+    )
+
+
+class ProjectPublic(BaseModel):
+    id: str
+    name: str
+    ontology: dict[str, Any]
+    images: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class ImagePublic(BaseModel):
+    id: str
+    filename: str
+    sha256: str
+    width: int
+    height: int
+    size_bytes: int
+    source_url: str | None = None
+    created_at: datetime
+
+
+class RejectedUpload(BaseModel):
+    name: str
+    reason: str
+    detail: str
+
+
+class ImageUploadResult(BaseModel):
+    """Accepted images (an already known image is returned again, not stored twice) and the
+    files that were refused, each with why; one bad file never fails the others."""
+
+    accepted: list[ImagePublic]
+    rejected: list[RejectedUpload]
+
+
+class UrlFetchCreate(_In):
+    urls: list[str] = Field(min_length=1, description="http(s) URLs of images to fetch.")
+
+
+class LabelJobCreate(_In):
+    image_ids: list[str] | None = Field(
+        default=None, description="Images to label; null for every image of the project."
+    )
+    detector: str = Field(default="default", description="A detector name the server offers.")
+    verifier: str = Field(default="none", description="A verifier name the server offers.")
+    verify_mode: Literal["crop", "marks"] = "crop"
+    box_threshold: float = Field(default=0.35, ge=0, le=1)
+    text_threshold: float = Field(default=0.25, ge=0, le=1)
+    max_det: int = Field(default=100, ge=1, le=1000)
+    nms_iou: float = Field(default=0.5, ge=0, le=1)
+    accept_threshold: float = Field(default=0.7, ge=0, le=1)
+    reject_threshold: float = Field(default=0.3, ge=0, le=1)
+    review_below_score: float = Field(default=0.0, ge=0, le=1)
+    val_fraction: float = Field(default=0.2, ge=0, lt=1)
+
+
+class TrainJobCreate(_In):
+    label_job_id: str = Field(description="A finished labeling job whose dataset to train on.")
+    base: str = Field(default="yolo11n", description="A starting model name the server offers.")
+    epochs: int = Field(default=50, ge=1, le=1000)
+    imgsz: int = Field(default=640, ge=32, le=2048, multiple_of=32)
+    batch: int = Field(default=16, ge=1, le=512)
+    patience: int = Field(default=50, ge=0, le=1000)
+    seed: int = Field(default=0, ge=0)
+
+
+class JobPublic(BaseModel):
+    id: str
+    project_id: str
+    kind: str
+    status: str
+    params: dict[str, Any]
+    attempts: int
+    cancel_requested: bool
+    progress: dict[str, Any] | None = Field(
+        description="stage, done/total of the stage, images per status, labels per status."
+    )
+    eta_s: float | None = Field(description="Seconds to go, from the pace so far; null if unknown.")
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobResultItem(BaseModel):
+    image_id: str
+    filename: str
+    status: str = Field(description="pending, labeled or failed (the image could not be used).")
+    error: str | None
+    counts: dict[str, int] | None
+    labels: list[dict[str, Any]] | None = Field(
+        description="Every proposal: class, xyxy (pixels), score, status, reason, verifier answer."
+    )
+
+
+class JobResultsPage(BaseModel):
+    items: list[JobResultItem]
+    next_offset: int | None
+
+
+class PromotionPublic(BaseModel):
+    candidate: str
+    production_before: str | None
+    promoted: bool
+    forced: bool
+    reason: str
+    created_at: str
+
+
+class ModelPublic(BaseModel):
+    version: str
+    stage: str
+    source: str
+    created_at: str
+    metrics: dict[str, Any]
+    artifacts: list[str]
+    parent: str | None
+
+
+class PredictResult(BaseModel):
+    model_version: str
+    image_wh: tuple[int, int]
+    detections: list[dict[str, Any]]

@@ -1,0 +1,276 @@
+"""Hostile input over HTTP: every bad file or body is a 4xx with a clear message, and the good
+files sent beside it are kept (the unit tests of serve/ingest.py and serve/fetch.py cover the
+cases one by one; these prove the API wires them in)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+import zipfile
+import zlib
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.serve.conftest import Service, png_bytes
+
+
+def huge_png_header(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A tiny PNG file whose header claims a decompression-bomb size."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00" * 64)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
+def post_files(service: Service, files: list[tuple[str, bytes]]):  # type: ignore[no-untyped-def]
+    return service.client.post(
+        service.url("/images"),
+        headers=service.headers,
+        files=[("files", (name, data, "application/octet-stream")) for name, data in files],
+    )
+
+
+def zip_of(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_bad_files_are_rejected_one_by_one_and_the_rest_kept(service: Service) -> None:
+    good = png_bytes(1)
+    truncated = png_bytes(2)[:200]
+    response = post_files(
+        service,
+        [
+            ("good.png", good),
+            ("truncated.png", truncated),
+            ("bomb.png", huge_png_header()),
+            ("empty.jpg", b""),
+            ("report.jpg", b"%PDF-1.7\n1 0 obj\n"),
+            ("page.png", b"<!doctype html><html></html>"),
+        ],
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert [image["filename"] for image in body["accepted"]] == ["good.png"]
+    reasons = {item["name"]: item["reason"] for item in body["rejected"]}
+    assert reasons == {
+        "truncated.png": "truncated",
+        "bomb.png": "too_many_pixels",
+        "empty.jpg": "zero_bytes",
+        "report.jpg": "not_an_image",
+        "page.png": "not_an_image",
+    }
+    assert all(item["detail"] or item["reason"] == "zero_bytes" for item in body["rejected"])
+    # The same bytes again are the same image, not a second copy.
+    again = post_files(service, [("copy.png", good)]).json()
+    assert again["accepted"][0]["id"] == body["accepted"][0]["id"]
+
+
+def test_only_bad_files_is_422_naming_each(service: Service) -> None:
+    response = post_files(service, [("a.jpg", b"hello"), ("b.png", huge_png_header())])
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "a.jpg: not_an_image" in detail and "b.png: too_many_pixels" in detail
+
+
+def test_zip_upload_skips_unsafe_members_and_keeps_images(service: Service) -> None:
+    archive = zip_of(
+        {
+            "photos/one.png": png_bytes(1),
+            "../../etc/passwd.png": png_bytes(2),
+            "/abs/three.png": png_bytes(3),
+            "inner.zip": zip_of({"x.png": png_bytes(4)}),
+            "notes.txt": b"just text",
+            "__MACOSX/._one.png": b"junk",
+        }
+    )
+    response = post_files(service, [("batch.zip", archive)])
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert [image["filename"] for image in body["accepted"]] == ["one.png"]
+    reasons = {item["name"]: item["reason"] for item in body["rejected"]}
+    assert reasons["batch.zip/../../etc/passwd.png"] == "unsafe_path"
+    assert reasons["batch.zip/inner.zip"] == "nested_archive"
+    assert reasons["batch.zip/notes.txt"] == "not_an_image"
+    assert not any("__MACOSX" in name for name in reasons)
+    # Nothing was written outside the data folder.
+    assert not (service.settings.data_dir.parent / "etc").exists()
+
+
+def test_deflate_bomb_in_a_zip_is_refused(service: Service) -> None:
+    service.settings.max_image_bytes = 1024 * 1024
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("bomb.png", b"\x00" * (20 * 1024 * 1024))
+        archive.writestr("fine.png", png_bytes(1))
+    response = post_files(service, [("bomb.zip", buffer.getvalue())])
+    assert response.status_code == 201
+    assert response.json()["rejected"][0]["reason"] == "too_large"
+    assert len(response.json()["accepted"]) == 1
+
+
+def test_not_a_zip_named_zip_is_a_rejected_file(service: Service) -> None:
+    response = post_files(service, [("x.zip", b"PK\x03\x04 broken"), ("ok.png", png_bytes(5))])
+    assert response.status_code == 201
+    assert response.json()["rejected"][0]["name"] == "x.zip"
+
+
+def test_oversize_upload_is_413_before_it_is_read(service: Service) -> None:
+    limit = service.settings.max_upload_bytes
+    response = service.client.post(
+        service.url("/images"),
+        headers={
+            **service.headers,
+            "Content-Type": "multipart/form-data; boundary=x",
+            "Content-Length": str(limit + 1),
+        },
+        content=b"--x--",
+    )
+    assert response.status_code == 413
+    assert "limit" in response.json()["detail"]
+
+
+def test_streamed_body_over_the_limit_is_413(service: Service) -> None:
+    limit = service.settings.max_upload_bytes
+
+    def chunks() -> Iterator[bytes]:
+        yield b'--x\r\nContent-Disposition: form-data; name="files"; filename="a.png"\r\n\r\n'
+        sent = 0
+        while sent <= limit:
+            yield b"\x00" * 65536
+            sent += 65536
+
+    response = service.client.post(
+        service.url("/images"),
+        headers={**service.headers, "Content-Type": "multipart/form-data; boundary=x"},
+        content=chunks(),
+    )
+    assert response.status_code == 413
+
+
+@pytest.fixture
+def small_upload_limit(service: Service) -> Service:
+    """The app with a 1 MiB upload limit (the middleware reads the limit at startup)."""
+    from fastapi.testclient import TestClient
+
+    from serve.app import create_app
+
+    settings = service.settings.model_copy(update={"max_upload_bytes": 1024 * 1024})
+    app = create_app(settings, db=service.db)
+    with TestClient(app) as client:
+        yield Service(client, settings, service.db, service.project_id, service.headers)
+
+
+def test_chunked_upload_over_a_small_limit_is_413(small_upload_limit: Service) -> None:
+    response = post_files(small_upload_limit, [("big.png", b"\x00" * (2 * 1024 * 1024))])
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 422, "JSON"),
+        (b'{"classes": 5}', 422, "classes"),
+        (b'{"classes": []}', 422, "classes"),
+        (b'{"classes": {"a": ""}}', 422, "detect"),
+        (b'{"classes": [{"name": "a", "detect": "a", "colour": "red"}]}', 422, "colour"),
+        (
+            b'{"classes": [{"name": "a", "detect": "a"}, {"name": "a", "detect": "b"}]}',
+            422,
+            "duplicate",
+        ),
+    ],
+)
+def test_bad_ontologies_are_422(service: Service, body: bytes, status: int, message: str) -> None:
+    response = service.client.put(
+        service.url("/ontology"),
+        headers={**service.headers, "Content-Type": "application/json"},
+        content=body,
+    )
+    assert response.status_code == status, response.text
+    assert message in response.text
+
+
+def test_huge_ontology_is_refused(service: Service) -> None:
+    many = {"classes": {f"class{i}": f"thing {i}" for i in range(5000)}}
+    response = service.client.put(service.url("/ontology"), headers=service.headers, json=many)
+    assert response.status_code == 422
+    assert "at most 256" in response.text
+    giant = {"classes": {"a": "x" * (2 * 1024 * 1024)}}
+    response = service.client.put(service.url("/ontology"), headers=service.headers, json=giant)
+    assert response.status_code == 413
+    # The project still has its old ontology.
+    project = service.client.get(service.url(), headers=service.headers).json()
+    assert project["ontology"]["classes"][0]["name"] == "shape"
+
+
+class _ImageHandler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+            self.end_headers()
+            return
+        data = png_bytes(9)
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def image_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ImageHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_url_ingestion_refuses_private_addresses_unless_allowed(
+    service: Service, image_server: str
+) -> None:
+    urls = [
+        f"{image_server}/a.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.0.0.7/x.png",
+        "http://[::1]/x.png",
+        "file:///etc/passwd",
+    ]
+    response = service.client.post(
+        service.url("/images/fetch"), headers=service.headers, json={"urls": urls}
+    )
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    for url in urls:
+        assert url in detail
+    assert "loopback" in detail and "PROMPTLABEL_URL_ALLOWLIST" in detail
+
+    service.settings.url_allowlist = ["127.0.0.1/32"]
+    response = service.client.post(
+        service.url("/images/fetch"),
+        headers=service.headers,
+        json={"urls": [f"{image_server}/a.png", f"{image_server}/redirect"]},
+    )
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["accepted"][0]["source_url"] == f"{image_server}/a.png"
+    assert body["rejected"][0]["reason"] == "refused"
+    assert "169.254.169.254" in body["rejected"][0]["detail"]

@@ -1,0 +1,162 @@
+"""Labeling jobs end to end over HTTP: upload, submit (idempotent), run, progress, results, export,
+cancel; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+
+from tests.serve.conftest import Service, png_bytes
+
+
+def upload(service: Service, *blobs: tuple[str, bytes]) -> list[str]:
+    response = service.client.post(
+        service.url("/images"),
+        headers=service.headers,
+        files=[("files", (name, data, "application/octet-stream")) for name, data in blobs],
+    )
+    assert response.status_code == 201, response.text
+    return [image["id"] for image in response.json()["accepted"]]
+
+
+def submit(service: Service, body: dict | None = None, key: str | None = None):  # type: ignore[no-untyped-def]
+    headers = dict(service.headers)
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    return service.client.post(
+        service.url("/label-jobs"),
+        headers=headers,
+        json={"box_threshold": 0, "text_threshold": 0, "max_det": 3, **(body or {})},
+    )
+
+
+def test_label_job_end_to_end(service: Service) -> None:
+    ids = upload(service, *((f"img{i}.png", png_bytes(i)) for i in range(4)))
+    assert len(ids) == 4
+    response = submit(service, {"verifier": "fake"})
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["status"] == "queued" and job["params"]["image_count"] == 4
+
+    assert service.run_jobs() == 1
+    done = service.client.get(service.url(f"/jobs/{job['id']}"), headers=service.headers).json()
+    assert done["status"] == "succeeded", done
+    assert done["progress"]["fraction"] == 1.0
+    labels = done["result"]["labels"]
+    assert sum(labels.values()) == 4 * 3  # max_det 3 proposals per image, every one routed
+    assert labels["accepted"] > 0 and labels["rejected"] > 0
+
+    page = service.client.get(
+        service.url(f"/jobs/{job['id']}/results"), headers=service.headers
+    ).json()
+    assert [item["image_id"] for item in page["items"]] == ids
+    for item in page["items"]:
+        assert item["status"] == "labeled"
+        assert len(item["labels"]) == 3
+        for label in item["labels"]:
+            assert label["status"] in {"accepted", "rejected"}
+            assert label["answer"] in {"Yes", "No"}
+            assert label["reason"].startswith("verifier said")
+    accepted_only = service.client.get(
+        service.url(f"/jobs/{job['id']}/results"),
+        headers=service.headers,
+        params={"label_status": "accepted", "limit": 1},
+    ).json()
+    assert len(accepted_only["items"]) == 1
+    assert accepted_only["items"][0]["counts"]["accepted"] > 0
+
+    contents = {}
+    for format, member in (("yolo", "data.yaml"), ("coco", "annotations/instances_train.json")):
+        export = service.client.get(
+            service.url(f"/jobs/{job['id']}/export"),
+            headers=service.headers,
+            params={"format": format},
+        )
+        assert export.status_code == 200
+        assert export.headers["content-type"] == "application/zip"
+        names = zipfile.ZipFile(io.BytesIO(export.content)).namelist()
+        assert member in names
+        assert sum(1 for n in names if n.startswith("images/")) == 4
+        contents[format] = _zip_files(export.content)
+    yolo_boxes = sum(
+        len(data.splitlines()) for n, data in contents["yolo"].items() if n.startswith("labels/")
+    )
+    assert yolo_boxes == labels["accepted"]
+    assert not any(n.startswith("labels/") for n in contents["coco"])
+
+
+def _zip_files(content: bytes) -> dict[str, bytes]:
+    archive = zipfile.ZipFile(io.BytesIO(content))
+    return {name: archive.read(name) for name in archive.namelist()}
+
+
+def test_idempotency_key_returns_the_same_job(service: Service) -> None:
+    upload(service, ("a.png", png_bytes(1)))
+    first = submit(service, key="retry-1")
+    again = submit(service, key="retry-1")
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+    other = submit(service, {"max_det": 5}, key="retry-1")
+    assert other.status_code == 409
+    assert "Idempotency-Key" in other.json()["detail"]
+    listed = service.client.get(service.url("/jobs"), headers=service.headers).json()
+    assert len(listed) == 1
+
+
+def test_submit_checks_its_input(service: Service) -> None:
+    assert "no images" in submit(service).json()["detail"]
+    upload(service, ("a.png", png_bytes(1)))
+    cases = {
+        "detector": ({"detector": "../../etc"}, "not offered"),
+        "verifier": ({"verifier": "openai:gpt-4o"}, "not offered"),
+        "thresholds": ({"accept_threshold": 0.2, "reject_threshold": 0.5}, "reject-threshold"),
+        "images": ({"image_ids": ["img_nope"]}, "no such images"),
+    }
+    for body, message in cases.values():
+        response = submit(service, body)
+        assert response.status_code in (404, 422), response.text
+        assert message in response.json()["detail"]
+    assert submit(service, {"box_threshold": 7}).status_code == 422
+
+
+def test_cancel_queued_and_running_jobs(service: Service) -> None:
+    upload(service, ("a.png", png_bytes(1)))
+    job = submit(service).json()
+    cancelled = service.client.post(
+        service.url(f"/jobs/{job['id']}/cancel"), headers=service.headers
+    ).json()
+    assert cancelled["status"] == "cancelled"
+    assert service.run_jobs() == 0
+
+    done = submit(service, key="second").json()
+    service.run_jobs()
+    conflict = service.client.post(
+        service.url(f"/jobs/{done['id']}/cancel"), headers=service.headers
+    )
+    assert conflict.status_code == 409
+
+
+def test_failed_images_are_reported_not_fatal(service: Service) -> None:
+    good = upload(service, ("a.png", png_bytes(1)), ("b.png", png_bytes(2)))
+    job = submit(service).json()
+    # The blob of one image vanishes from disk after upload (a broken volume, say).
+    from serve.images_store import blob_path, get_images
+
+    stored = get_images(service.db, project_id=service.project_id, image_ids=[good[1]])[0]
+    blob_path(service.settings.data_dir, stored.sha256, stored.extension).write_bytes(b"junk")
+    service.run_jobs()
+    result = service.client.get(service.url(f"/jobs/{job['id']}"), headers=service.headers).json()
+    assert result["status"] == "succeeded"
+    items = service.client.get(
+        service.url(f"/jobs/{job['id']}/results"), headers=service.headers
+    ).json()["items"]
+    assert [item["status"] for item in items] == ["labeled", "failed"]
+    assert items[1]["error"].startswith("not_an_image")
+    assert result["result"]["images"]["failed"] == 1
+
+
+@pytest.mark.parametrize("path", ["/jobs/job_missing", "/jobs/job_missing/results"])
+def test_unknown_job_is_404(service: Service, path: str) -> None:
+    assert service.client.get(service.url(path), headers=service.headers).status_code == 404

@@ -1,0 +1,103 @@
+"""Training jobs, the registry over HTTP, and predictions with the production model."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from serve.runtime import load_runtime
+from tests.serve.conftest import Service, png_bytes
+
+
+def _post_images(service: Service, n: int) -> None:
+    response = service.client.post(
+        service.url("/images"),
+        headers=service.headers,
+        files=[("files", (f"img{i}.png", png_bytes(i, (128, 96)), "image/png")) for i in range(n)],
+    )
+    assert response.status_code == 201, response.text
+
+
+@pytest.mark.slow
+def test_train_register_promote_download_predict(service: Service) -> None:
+    service.settings.service_train_bases = {"yolo11n": "yolo11n.yaml"}
+    _post_images(service, 8)
+    label = service.client.post(
+        service.url("/label-jobs"),
+        headers=service.headers,
+        json={"box_threshold": 0, "text_threshold": 0, "max_det": 2, "val_fraction": 0.5},
+    ).json()
+    early = service.client.post(
+        service.url("/train-jobs"), headers=service.headers, json={"label_job_id": label["id"]}
+    )
+    assert early.status_code == 409  # the labeling job has not run yet
+    service.run_jobs()
+
+    body = {"label_job_id": label["id"], "epochs": 1, "imgsz": 64, "batch": 4}
+    train = service.client.post(service.url("/train-jobs"), headers=service.headers, json=body)
+    assert train.status_code == 201, train.text
+    service.run_jobs()
+    job = service.client.get(
+        service.url(f"/jobs/{train.json()['id']}"), headers=service.headers
+    ).json()
+    assert job["status"] == "succeeded", job
+    version = job["result"]["model_version"]
+    assert {"map50", "map50_95", "label_hash"} <= job["result"]["metrics"].keys()
+
+    models = service.client.get(service.url("/models"), headers=service.headers).json()
+    assert [m["version"] for m in models] == [version]
+    assert models[0]["stage"] == "none"
+    assert "onnx" in models[0]["artifacts"]
+
+    no_model = service.client.post(
+        service.url("/predict"),
+        headers=service.headers,
+        files={"file": ("a.png", png_bytes(1), "image/png")},
+    )
+    assert no_model.status_code == 409
+    assert "no production model" in no_model.json()["detail"]
+
+    promoted = service.client.post(
+        service.url(f"/models/{version}/promote"), headers=service.headers, json={}
+    ).json()
+    assert promoted["promoted"] is True and promoted["candidate"] == version
+    assert (
+        service.client.get(service.url("/models/v999"), headers=service.headers).status_code == 404
+    )
+
+    onnx = service.client.get(service.url(f"/models/{version}/onnx"), headers=service.headers)
+    assert onnx.status_code == 200
+    session = ort.InferenceSession(onnx.content)
+    assert session.get_inputs()[0].shape[-1] == 64
+
+    image = png_bytes(3, (128, 96))
+    predicted = service.client.post(
+        service.url("/predict"),
+        headers=service.headers,
+        files={"file": ("a.png", image, "image/png")},
+        params={"conf": 0.1},
+    ).json()
+    assert predicted["model_version"] == version
+    assert predicted["image_wh"] == [128, 96]
+    # The endpoint answers exactly what the device runtime answers for the same file.
+    path = service.settings.data_dir / "direct.onnx"
+    path.write_bytes(onnx.content)
+    from PIL import Image
+
+    direct = load_runtime(path, conf=0.1).predict([Image.open(io.BytesIO(image)).convert("RGB")])[0]
+    assert len(predicted["detections"]) == len(direct)
+    if len(direct):
+        np.testing.assert_allclose(
+            [d["xyxy"] for d in predicted["detections"]], direct.xyxy, atol=0.01
+        )
+
+    bad = service.client.post(
+        service.url("/predict"),
+        headers=service.headers,
+        files={"file": ("a.png", b"not an image", "image/png")},
+    )
+    assert bad.status_code == 422
+    assert "not_an_image" in bad.json()["detail"]
