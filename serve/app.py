@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
@@ -108,6 +107,47 @@ def _error_response(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status_code=status)
 
 
+class Observe:
+    """Request metrics per route and a request id for logs and the ``X-Request-ID`` header.
+
+    Plain ASGI rather than ``@app.middleware("http")``, which costs a task and a stream per request.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = (
+            headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex[:16]
+        )
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode("latin-1")),
+                ]
+            await send(message)
+
+        try:
+            with job_log_context(request_id=request_id):
+                await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            method = scope["method"]
+            HTTP_REQUESTS.labels(method, path, str(status)).inc()
+            HTTP_SECONDS.labels(method, path).observe(time.perf_counter() - started)
+
+
 def create_app(settings: Settings, *, db: Database | None = None, workers: int = 0) -> FastAPI:
     """The service app; ``workers`` in-process workers run jobs while it serves."""
     database = db or Database(settings.database_url, data_dir=settings.data_dir)
@@ -148,17 +188,6 @@ def create_app(settings: Settings, *, db: Database | None = None, workers: int =
     app.add_exception_handler(PromptlabelError, _error_response)
     app.add_middleware(BodyLimit, upload_limit=settings.max_upload_bytes)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Any) -> Any:
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
-        started = time.perf_counter()
-        with job_log_context(request_id=request_id):
-            response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-        HTTP_SECONDS.labels(request.method, path).observe(time.perf_counter() - started)
-        response.headers["X-Request-ID"] = request_id
-        return response
+    app.add_middleware(Observe)
 
     return app

@@ -20,16 +20,17 @@ Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="Items to skip.")]
 _bearer = HTTPBearer(auto_error=False, description="An API key: `promptlabel keys create`.")
 
 
-def _db(request: Request) -> Database:
+async def _db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
+# Dependencies without I/O are async: FastAPI runs sync ones in the thread pool, a hop each.
 Db = Annotated[Database, Depends(_db)]
 ServiceSettings = Annotated[Settings, Depends(_settings)]
 
@@ -51,7 +52,7 @@ def _principal(
 CurrentPrincipal = Annotated[Principal, Depends(_principal)]
 
 
-def _project_id(principal: CurrentPrincipal, project_id: Annotated[str, Path()]) -> str:
+async def _project_id(principal: CurrentPrincipal, project_id: Annotated[str, Path()]) -> str:
     # Another project's id gets the same answer as one that does not exist.
     if project_id != principal.project_id:
         raise NotFoundError(f"no project {project_id!r}")

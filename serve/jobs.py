@@ -136,31 +136,34 @@ def _insert_job(
     if idempotency_key is not None and (found := _existing(db, project_id, idempotency_key)):
         return _replay(found, request_sha256), False
     now = time.time()
-    job_id = new_id("job")
+    values: dict[str, Any] = {
+        "id": new_id("job"),
+        "project_id": project_id,
+        "kind": kind.value,
+        "status": JobStatus.QUEUED.value,
+        "params": params,
+        "idempotency_key": idempotency_key,
+        "request_sha256": request_sha256,
+        "attempts": 0,
+        "max_attempts": settings.max_attempts,
+        "run_after": now,
+        "cancel_requested": False,
+        "created_at": now,
+        "updated_at": now,
+    }
     try:
         with db.write() as connection:
-            connection.execute(
-                jobs.insert().values(
-                    id=job_id,
-                    project_id=project_id,
-                    kind=kind.value,
-                    status=JobStatus.QUEUED.value,
-                    params=params,
-                    idempotency_key=idempotency_key,
-                    request_sha256=request_sha256,
-                    attempts=0,
-                    max_attempts=settings.max_attempts,
-                    run_after=now,
-                    cancel_requested=False,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
+            connection.execute(jobs.insert().values(**values))
             if image_ids:
                 connection.execute(
                     job_images.insert(),
                     [
-                        {"job_id": job_id, "position": i, "image_id": image_id, "status": "pending"}
+                        {
+                            "job_id": values["id"],
+                            "position": i,
+                            "image_id": image_id,
+                            "status": "pending",
+                        }
                         for i, image_id in enumerate(image_ids)
                     ],
                 )
@@ -169,7 +172,9 @@ def _insert_job(
         if idempotency_key is not None and (found := _existing(db, project_id, idempotency_key)):
             return _replay(found, request_sha256), False
         raise
-    return get_job(db, project_id=project_id, job_id=job_id), True
+    # Answered from what was written (progress, result, start and finish are still empty).
+    fields: dict[str, Any] = {name: values.get(name) for name in JobRecord.__dataclass_fields__}
+    return JobRecord(**fields), True
 
 
 def submit_label_job(

@@ -196,14 +196,21 @@ def renew_lease(db: Database, job: ClaimedJob, *, lease_s: float) -> LeaseState:
     return LeaseState(cancel_requested=bool(updated.cancel_requested))
 
 
-def save_progress(db: Database, job: ClaimedJob, progress: dict[str, Any]) -> None:
-    """Store the job's progress; raises LeaseLost when the job is no longer this worker's."""
+def save_progress(db: Database, job: ClaimedJob, progress: dict[str, Any]) -> LeaseState:
+    """Store the job's progress and say whether a cancel was requested.
+
+    Raises LeaseLost when the job is no longer this worker's.
+    """
     with db.write() as connection:
         updated = connection.execute(
-            sa.update(jobs).where(_owned(job)).values(progress=progress, updated_at=time.time())
-        )
-    if updated.rowcount == 0:
+            sa.update(jobs)
+            .where(_owned(job))
+            .values(progress=progress, updated_at=time.time())
+            .returning(jobs.c.cancel_requested)
+        ).first()
+    if updated is None:
         raise LeaseLost(job.id)
+    return LeaseState(cancel_requested=bool(updated.cancel_requested))
 
 
 def finish_job(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,6 +77,8 @@ class _ContextFilter(logging.Filter):
 
 def configure_logging(*, level: int = logging.INFO, json_format: bool = True) -> None:
     """Log to stderr, one JSON object per line (or plain text), with the context fields."""
+    # Model-loading progress bars would interleave with the log lines.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_ContextFilter())
     if json_format:

@@ -188,7 +188,8 @@ class JobProgress:
         now = time.monotonic()
         if force or now - self._last_write >= self._every_s:
             self._last_write = now
-            save_progress(self._db, self._job, self.state)
+            if save_progress(self._db, self._job, self.state).cancel_requested:
+                self._lease.cancel.set()  # noticed at the next unit of work
 
 
 # -- jobs ------------------------------------------------------------------------------------------

@@ -121,19 +121,28 @@ def download_onnx(settings: ServiceSettings, project_id: ProjectId, version: str
 
 
 class _Predictors:
-    """Loaded production models per project; rechecked every few seconds, dropped on promote."""
+    """Loaded production models per project; rechecked every few seconds, dropped on promote.
+
+    Each project has its own lock, so loading one project's model never delays another's
+    predictions.
+    """
 
     def __init__(self, ttl_s: float = 5.0) -> None:
         self._ttl_s = ttl_s
         self._loaded: dict[str, tuple[float, str, OnnxDetector]] = {}
-        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
 
     def forget(self, project_id: str) -> None:
-        with self._lock:
-            self._loaded.pop(project_id, None)
+        self._loaded.pop(project_id, None)
 
     def get(self, data_dir: Path, project_id: str) -> tuple[str, OnnxDetector]:
-        with self._lock:
+        cached = self._loaded.get(project_id)
+        if cached is not None and time.monotonic() - cached[0] < self._ttl_s:
+            return cached[1], cached[2]
+        with self._locks_lock:
+            lock = self._locks.setdefault(project_id, threading.Lock())
+        with lock:
             cached = self._loaded.get(project_id)
             if cached is not None and time.monotonic() - cached[0] < self._ttl_s:
                 return cached[1], cached[2]

@@ -160,3 +160,20 @@ def test_failed_images_are_reported_not_fatal(service: Service) -> None:
 @pytest.mark.parametrize("path", ["/jobs/job_missing", "/jobs/job_missing/results"])
 def test_unknown_job_is_404(service: Service, path: str) -> None:
     assert service.client.get(service.url(path), headers=service.headers).status_code == 404
+
+
+def test_one_worker_runs_job_after_job_with_a_working_verifier(service: Service) -> None:
+    """A worker lives across jobs: nothing it keeps may break the next job (an API verifier's
+    connections belong to one job's event loop)."""
+    from serve.worker import Worker
+
+    upload(service, ("a.png", png_bytes(1)), ("b.png", png_bytes(2)))
+    first = submit(service, {"verifier": "fake"}, key="one").json()
+    second = submit(service, {"verifier": "fake", "max_det": 2}, key="two").json()
+    worker = Worker(db=service.db, settings=service.settings, name="long-lived")
+    assert worker.run_once() and worker.run_once()
+    for job in (first, second):
+        done = service.client.get(service.url(f"/jobs/{job['id']}"), headers=service.headers)
+        result = done.json()["result"]
+        assert result["verifier"]["errors"] == 0
+        assert result["verifier"]["calls"] == sum(result["labels"].values())

@@ -182,3 +182,37 @@ def test_vlm_failing_30_percent_sends_affected_proposals_to_review(
     assert reviewed >= 1
     assert job["result"]["labels"]["needs_review"] == reviewed
     assert job["result"]["verifier"]["errors"] >= 1
+
+
+def test_cancel_stops_a_running_job_within_a_second(
+    service: Service, vlm_server: FakeVLMServer
+) -> None:
+    import threading
+
+    from serve.worker import Worker
+
+    _upload(service, 6)
+    vlm_server.latency_s = 0.3
+    job_id = _submit(service, "to-cancel")
+    stop = threading.Event()
+    worker = Worker(db=service.db, settings=service.settings, name="cancel-test")
+    thread = threading.Thread(target=worker.run, args=(stop,))
+    thread.start()
+    try:
+        _wait(
+            lambda: (_job(service, job_id).get("progress") or {}).get("stage") == "verify",
+            60,
+            "verification to start",
+        )
+        response = service.client.post(
+            service.url(f"/jobs/{job_id}/cancel"), headers=service.headers
+        )
+        assert response.json()["cancel_requested"] is True
+        asked = time.monotonic()
+        _wait(lambda: _job(service, job_id)["status"] == "cancelled", 10, "the cancel")
+        assert time.monotonic() - asked < 2.0
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert len(vlm_server.model_requests) < 24  # it did stop asking
+    assert _job(service, job_id)["error"] == "cancelled on request"
