@@ -42,6 +42,7 @@ import contextlib
 import io
 import itertools
 import json
+import math
 import os
 import secrets
 import shlex
@@ -337,9 +338,10 @@ def database_label(url: str | None) -> str:
 
 @dataclass
 class Submitted:
-    status: int
+    status: int  # 0: no HTTP answer (``error`` says why)
     seconds: float
     job_id: str | None
+    error: str | None = None
 
 
 async def submit_jobs(
@@ -355,7 +357,15 @@ async def submit_jobs(
             while (number := next(numbers)) < total:
                 headers = {**service.headers, "Idempotency-Key": f"{key_prefix}-{number}"}
                 started = time.perf_counter()
-                response = await client.post(service.url("/label-jobs"), json={}, headers=headers)
+                try:
+                    response = await client.post(
+                        service.url("/label-jobs"), json={}, headers=headers
+                    )
+                except httpx.TransportError as error:
+                    # Counted (status 0) and shown in the check line, not fatal to the run.
+                    seconds = time.perf_counter() - started
+                    results.append(Submitted(0, seconds, None, f"{type(error).__name__}"))
+                    continue
                 seconds = time.perf_counter() - started
                 job_id = response.json().get("id") if response.status_code == 201 else None
                 results.append(Submitted(response.status_code, seconds, job_id))
@@ -388,6 +398,41 @@ def count_in_sql(service: Service) -> tuple[int, int]:
     return int(job_count), int(image_rows)
 
 
+SUBMIT_ROUTE = "/v1/projects/{project_id}/label-jobs"
+
+
+def request_seconds_buckets(service: Service, route: str) -> dict[float, float]:
+    """The service's own latency histogram for POSTs to ``route``: upper bound -> cumulative count.
+
+    Timed inside the app (from the first middleware to the response), so it leaves out what
+    happens before the app sees a request: the event loop's and the kernel's queues, the client.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{service.base_url}/metrics", headers=service.headers, timeout=30).text
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "promptlabel_http_request_seconds":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name.endswith("_bucket")
+                and labels.get("route") == route
+                and labels.get("method") == "POST"
+            ):
+                buckets[float(labels["le"])] = sample.value
+    return buckets
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The smallest bucket bound under which a fraction ``q`` of the new observations fall."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    return next((b for b, c in zip(bounds, counts, strict=True) if c >= q * total), math.inf)
+
+
 def bench_submissions(args: argparse.Namespace, folder: Path, detector_dir: Path) -> bool:
     processes = Processes()
     with database_for(args.database_url) as database_url:
@@ -400,11 +445,13 @@ def bench_submissions(args: argparse.Namespace, folder: Path, detector_dir: Path
             warm, _ = asyncio.run(
                 submit_jobs(service, total=args.clients, clients=args.clients, key_prefix="warm")
             )
+            in_app_before = request_seconds_buckets(service, SUBMIT_ROUTE)
             results, wall = asyncio.run(
                 submit_jobs(
                     service, total=args.submissions, clients=args.clients, key_prefix="bench"
                 )
             )
+            in_app_after = request_seconds_buckets(service, SUBMIT_ROUTE)
             sequential, sequential_wall = asyncio.run(
                 submit_jobs(service, total=args.sequential, clients=1, key_prefix="one")
             )
@@ -418,6 +465,10 @@ def bench_submissions(args: argparse.Namespace, folder: Path, detector_dir: Path
     everything = [*warm, *results, *sequential]
     for result in everything:
         statuses[result.status] = statuses.get(result.status, 0) + 1
+    transport_errors: dict[str, int] = {}
+    for result in everything:
+        if result.error is not None:
+            transport_errors[result.error] = transport_errors.get(result.error, 0) + 1
     submitted_ids = {r.job_id for r in everything if r.job_id is not None}
     listed_ids = {job["id"] for job in listed}
     submits = len(everything)
@@ -447,8 +498,15 @@ def bench_submissions(args: argparse.Namespace, folder: Path, detector_dir: Path
         )
     print()
     print(
+        f"inside the app ({args.clients} clients, from the service's own histogram, bucket "
+        f"bounds): p50 <= {bucket_quantile(in_app_before, in_app_after, 0.5) * 1000:.0f} ms, "
+        f"p99 <= {bucket_quantile(in_app_before, in_app_after, 0.99) * 1000:.0f} ms"
+    )
+    print()
+    print(
         f"check ({len(warm)} warm-up + {len(results) + len(sequential)} timed submits): "
-        f"statuses {statuses}; "
+        f"statuses {statuses}"
+        f"{f' (0: no answer, {transport_errors})' if transport_errors else ''}; "
         f"{len(submitted_ids)} distinct job ids; {len(listed)} jobs listed by the API "
         f"({'the same ids' if listed_ids == submitted_ids else 'NOT the submitted ids'}); "
         f"SQL: {job_count} jobs, {image_rows} job_images rows -> {'OK' if ok else 'FAILED'}"

@@ -46,6 +46,7 @@ import os
 import re
 import shutil
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -74,6 +75,9 @@ SCHEMA_VERSION = 1
 DB_NAME = "registry.db"
 MODELS_DIR = "models"
 _STAGING_PREFIX = ".staging-"
+# A staging folder untouched this long is left by a registration that died: a live one writes its
+# copy within seconds or minutes of making the folder, and renames the folder soon after.
+STALE_STAGING_AGE_S = 60 * 60
 _KIND_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _VERSION_PATTERN = re.compile(r"^[vV]?(\d+)$")
 # The gate's comparison is inclusive; this absorbs float rounding of e.g. 0.5 - 0.005.
@@ -288,6 +292,52 @@ class Registry(SqliteFile):
             what="the model registry",
             advice="use another workspace",
         )
+        self._sweep_stale_staging()
+
+    def _sweep_stale_staging(self) -> None:
+        """Remove ``models/.staging-*`` folders left by registrations killed mid-copy.
+
+        Another process may be registering right now, so only folders whose newest mtime (the
+        folder's or a file's in it; a file being copied keeps its own fresh) is older than
+        ``STALE_STAGING_AGE_S`` are removed. Failures are logged, never raised.
+        """
+        cutoff = time.time() - STALE_STAGING_AGE_S
+        try:
+            candidates = [
+                path
+                for path in self.models_dir.iterdir()
+                if path.name.startswith(_STAGING_PREFIX) and path.is_dir() and not path.is_symlink()
+            ]
+        except OSError as exc:
+            logger.warning("%s: cannot look for stale staging folders (%s)", self.models_dir, exc)
+            return
+        for staging in candidates:
+            try:
+                newest = max(
+                    [staging.stat().st_mtime]
+                    + [entry.stat(follow_symlinks=False).st_mtime for entry in staging.iterdir()]
+                )
+            except FileNotFoundError:
+                continue  # renamed by its registration, or swept by another process
+            except OSError as exc:
+                logger.warning("%s: cannot check staging folder (%s)", staging, exc)
+                continue
+            if newest >= cutoff:
+                continue
+            try:
+                shutil.rmtree(staging)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                logger.warning("%s: cannot remove stale staging folder (%s)", staging, exc)
+                continue
+            age_h = (time.time() - newest) / 3600
+            logger.info(
+                "removed stale staging folder %s, left by an interrupted registration "
+                "(untouched for %.1f h)",
+                staging,
+                age_h,
+            )
 
     # -- registering ------------------------------------------------------------------------------
 

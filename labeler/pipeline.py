@@ -287,6 +287,7 @@ def _box_keys(
                 model_id=identity.model_id,
                 template_hash=identity.template_hash,
                 mode=mode,
+                endpoint=identity.endpoint,
             )
         )
     return keys
@@ -313,7 +314,7 @@ def _verify(
     if all(q is None for q in questions):
         progress.start("verify", 0)
         return stats
-    identity = verifier_identity(config.verifier, mode=config.verify_mode)
+    identity = verifier_identity(config.verifier, mode=config.verify_mode, url=config.verifier_url)
     work: list[_BoxWork] = []
     for sha in scan.first_path:
         proposals = workspace.load_proposals(sha, key)
@@ -417,7 +418,7 @@ def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> 
     identity = (
         None
         if all(q is None for q in questions)
-        else verifier_identity(config.verifier, mode=config.verify_mode)
+        else verifier_identity(config.verifier, mode=config.verify_mode, url=config.verifier_url)
     )
     names = config.ontology.names
     routed = _Routed(
@@ -556,7 +557,7 @@ def run_label(
         for counts in routed.per_class.values():
             statuses.update(counts)
         identity = (
-            verifier_identity(config.verifier, mode=config.verify_mode)
+            verifier_identity(config.verifier, mode=config.verify_mode, url=config.verifier_url)
             if config.uses_verifier
             else None
         )
@@ -591,6 +592,7 @@ def run_label(
                 "detector_options": asdict(config.detector_options),
                 "propose_key": key,
                 "verifier": identity.model_id if identity else "none",
+                "verifier_endpoint": identity.endpoint if identity else None,
                 "verify_mode": config.verify_mode,
                 "template_id": identity.template_id if identity else None,
                 "template_hash": identity.template_hash if identity else None,

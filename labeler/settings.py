@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     # -- the HTTP service (`promptlabel serve` / `promptlabel worker`) -----------------------------
     data_dir: Path = Path("promptlabel-data")  # images, job folders, registries, the SQLite db
     database_url: str | None = None  # None: SQLite in data_dir; or postgresql+psycopg://...
+    # How long an idle client connection stays open. Longer than the idle timeout of the proxies
+    # and clients in front of us (nginx 75 s, AWS ALB 60 s): when the server closes first, a
+    # request sent at that moment is lost without an answer (seen under load with uvicorn's 5 s).
+    http_keep_alive_s: int = 90
     # What API callers may choose; names map to model ids or local paths (callers never send paths).
     service_detectors: dict[str, str] = {"default": "IDEA-Research/grounding-dino-tiny"}
     service_verifiers: dict[str, str] = {"none": "none"}

@@ -79,7 +79,14 @@ def serve_command(
         workers,
         app.state.db,
     )
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=settings.http_keep_alive_s,
+    )
 
 
 def worker_command(

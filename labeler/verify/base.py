@@ -340,9 +340,14 @@ def verdict_cache_key(
     model_id: str,
     template_hash: str,
     mode: str,
+    endpoint: str | None = None,
 ) -> str:
     """sha256 hex naming one verdict: same image bytes, box (to 0.1 px), question, model,
-    templates and mode give the same key; changing any of them gives another."""
+    templates, mode and endpoint give the same key; changing any of them gives another.
+
+    ``endpoint`` is the normalized server URL (``VerifierIdentity.endpoint``); None leaves it out
+    of the key, so backends without one keep the keys they had.
+    """
     box = [_format_px(v) for v in np.asarray(xyxy, dtype=np.float64).reshape(-1)]
     if len(box) != 4:
         raise ValueError(f"xyxy must hold 4 numbers, got {len(box)}")
@@ -355,6 +360,8 @@ def verdict_cache_key(
         "template_hash": template_hash,
         "mode": mode,
     }
+    if endpoint is not None:
+        payload["endpoint"] = endpoint
     encoded = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 

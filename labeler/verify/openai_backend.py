@@ -22,6 +22,7 @@ from PIL import Image
 
 from labeler.exceptions import InputError, VerifierError
 from labeler.verify.base import Completion, VerifierBase
+from labeler.verify.identity import openai_base_url
 from labeler.verify.parse import yes_prob_from_logprob_positions
 from labeler.verify.render import encode_jpeg_data_url
 
@@ -90,7 +91,7 @@ class OpenAIVerifier(VerifierBase):
         """
         super().__init__(model_id=f"openai:{model}", mode=mode, concurrency=concurrency)
         self.model = model
-        base_url = url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        base_url = openai_base_url(url)
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
             if _is_openai_host(base_url):

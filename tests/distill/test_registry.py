@@ -163,6 +163,40 @@ def test_version_numbers_survive_reopen(tmp_path: Path) -> None:
     assert (workspace / DB_NAME).is_file()
 
 
+def test_opening_sweeps_stale_staging_folders_and_keeps_fresh_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    workspace = tmp_path / "workspace"
+    with Registry(workspace) as registry:
+        _register(registry, tmp_path, "a", {})
+    models = workspace / "models"
+    # A registration killed mid-copy two hours ago, and one that may be copying right now.
+    stale = models / ".staging-0123abcd"
+    stale.mkdir()
+    (stale / "model.pt").write_bytes(b"half a checkpoint")
+    two_hours_ago = time.time() - 2 * 3600
+    os.utime(stale / "model.pt", (two_hours_ago, two_hours_ago))
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    fresh = models / ".staging-4567ef01"
+    fresh.mkdir()
+    (fresh / "model.pt").write_bytes(b"being copied")
+    # An old folder whose file is still being written counts as fresh too.
+    writing = models / ".staging-89abcdef"
+    writing.mkdir()
+    (writing / "model.pt").write_bytes(b"still growing")
+    os.utime(writing, (two_hours_ago, two_hours_ago))
+
+    with caplog.at_level("INFO", logger="distill.registry"), Registry(workspace) as registry:
+        assert [v.version for v in registry.list()] == ["v1"]
+
+    assert not stale.exists()
+    assert fresh.is_dir() and (fresh / "model.pt").is_file()
+    assert writing.is_dir() and (writing / "model.pt").is_file()
+    assert (models / "v1" / "model.pt").is_file()
+    removed = [r.getMessage() for r in caplog.records if "staging" in r.getMessage()]
+    assert len(removed) == 1 and str(stale) in removed[0]
+
+
 @pytest.mark.parametrize("name", ["v2", "2", "V2", " v2 "])
 def test_get_accepts_v_prefix_or_plain_number(
     registry: Registry, tmp_path: Path, name: str

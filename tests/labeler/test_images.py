@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import struct
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,34 +11,7 @@ from PIL import Image
 
 from labeler.exceptions import ImageError
 from labeler.images import iter_image_paths, load_image, sha256_file
-
-
-def _noise(width: int = 96, height: int = 64, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
-
-
-def _encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-
-def _png_claiming(width: int, height: int) -> bytes:
-    """A valid-looking PNG of a few dozen bytes whose header claims ``width`` x ``height``."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 16))
-        + _png_chunk(b"IEND", b"")
-    )
-
+from tests.fakes.images import encoded, noise_image, png_claiming
 
 # ----------------------------------------------------------------------------- discovery
 
@@ -86,7 +56,7 @@ def test_iter_image_paths_rejects_what_is_not_a_directory(
 
 
 def test_load_image_applies_exif_orientation(tmp_path: Path) -> None:
-    shown = _noise(96, 64)
+    shown = noise_image(96, 64)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     path = tmp_path / "rotated.png"
@@ -103,7 +73,7 @@ def test_load_image_applies_exif_orientation(tmp_path: Path) -> None:
 
 def test_load_image_reports_the_file_hash(tmp_path: Path) -> None:
     path = tmp_path / "a.png"
-    _noise().save(path)
+    noise_image().save(path)
 
     loaded = load_image(path)
 
@@ -119,12 +89,12 @@ def _gray16() -> Image.Image:
 @pytest.mark.parametrize(
     ("name", "make", "fmt"),
     [
-        ("gray", lambda: _noise().convert("L"), "PNG"),
-        ("gray_alpha", lambda: _noise().convert("LA"), "PNG"),
-        ("rgba", lambda: _noise().convert("RGBA"), "PNG"),
-        ("palette", lambda: _noise().convert("P"), "PNG"),
-        ("bilevel", lambda: _noise().convert("1"), "PNG"),
-        ("cmyk_jpeg", lambda: _noise().convert("CMYK"), "JPEG"),
+        ("gray", lambda: noise_image().convert("L"), "PNG"),
+        ("gray_alpha", lambda: noise_image().convert("LA"), "PNG"),
+        ("rgba", lambda: noise_image().convert("RGBA"), "PNG"),
+        ("palette", lambda: noise_image().convert("P"), "PNG"),
+        ("bilevel", lambda: noise_image().convert("1"), "PNG"),
+        ("cmyk_jpeg", lambda: noise_image().convert("CMYK"), "JPEG"),
         ("gray16", _gray16, "PNG"),
         ("gray16_tiff", _gray16, "TIFF"),
     ],
@@ -159,31 +129,31 @@ def test_load_image_keeps_the_high_byte_of_16_bit_images(tmp_path: Path) -> None
 
 
 def _truncated_jpeg() -> bytes:
-    data = _encoded(_noise(256, 192), "JPEG", quality=90)
+    data = encoded(noise_image(256, 192), "JPEG", quality=90)
     return data[: len(data) // 2]
 
 
 def _truncated_png() -> bytes:
-    data = _encoded(_noise(256, 192), "PNG")
+    data = encoded(noise_image(256, 192), "PNG")
     return data[: len(data) // 2]
 
 
 def _corrupt_png_data() -> bytes:
-    data = bytearray(_encoded(_noise(), "PNG"))
+    data = bytearray(encoded(noise_image(), "PNG"))
     start = data.index(b"IDAT") + 10
     data[start : start + 64] = bytes(64)  # zeroed compressed stream: the inflater fails
     return bytes(data)
 
 
 def _corrupt_jpeg_tables() -> bytes:
-    data = bytearray(_encoded(_noise(), "JPEG"))
+    data = bytearray(encoded(noise_image(), "JPEG"))
     start = data.index(b"\xff\xc4") + 4  # inside the first Huffman table
     data[start : start + 26] = b"\xff" * 26
     return bytes(data)
 
 
 def _jpeg_header_with_zero_size() -> bytes:
-    data = bytearray(_encoded(_noise(), "JPEG"))
+    data = bytearray(encoded(noise_image(), "JPEG"))
     start = data.index(b"\xff\xc0") + 5  # frame header: height and width
     data[start : start + 4] = bytes(4)
     return bytes(data)
@@ -196,16 +166,20 @@ BAD_FILES = [
     pytest.param("half.jpg", _truncated_jpeg(), None, "truncated", id="truncated-jpeg"),
     pytest.param("half.png", _truncated_png(), None, "truncated", id="truncated-png"),
     pytest.param(
-        "header.jpg", _encoded(_noise(), "JPEG")[:300], None, "truncated", id="jpeg-cut-in-header"
+        "header.jpg",
+        encoded(noise_image(), "JPEG")[:300],
+        None,
+        "truncated",
+        id="jpeg-cut-in-header",
     ),
     pytest.param("broken.png", _corrupt_png_data(), None, "corrupt", id="corrupt-png-stream"),
     pytest.param("broken.jpg", _corrupt_jpeg_tables(), None, "corrupt", id="corrupt-jpeg-tables"),
     pytest.param("zero.jpg", _jpeg_header_with_zero_size(), None, "corrupt", id="jpeg-zero-size"),
     pytest.param("magic.png", b"\x89PNG\r\n\x1a\n", None, "corrupt", id="png-signature-only"),
     pytest.param(
-        "bomb.png", _png_claiming(100_000, 100_000), None, "too_many_pixels", id="pillow-bomb"
+        "bomb.png", png_claiming(100_000, 100_000), None, "too_many_pixels", id="pillow-bomb"
     ),
-    pytest.param("big.png", _png_claiming(500, 400), 10_000, "too_many_pixels", id="over-limit"),
+    pytest.param("big.png", png_claiming(500, 400), 10_000, "too_many_pixels", id="over-limit"),
     pytest.param("gone.jpg", None, None, "missing", id="missing-file"),
 ]
 
@@ -240,7 +214,7 @@ def test_truncated_jpeg_reason_comes_from_pillows_message(tmp_path: Path) -> Non
 
 def test_small_limit_rejects_before_decoding(tmp_path: Path) -> None:
     path = tmp_path / "real.png"
-    _noise(200, 100).save(path)
+    noise_image(200, 100).save(path)
 
     with pytest.raises(ImageError) as caught:
         load_image(path, max_pixels=200 * 100 - 1)

@@ -168,6 +168,24 @@ def test_rerun_repeats_nothing(images_dir: Path, tmp_path: Path, server: FakeVLM
     assert second["images"]["failed"] == first["images"]["failed"]
 
 
+def test_verdicts_from_one_server_are_not_reused_for_another(
+    images_dir: Path, tmp_path: Path, server: FakeVLMServer
+) -> None:
+    out = tmp_path / "out"
+    run_label(make_config(images_dir, out, server), detector=ScriptedDetector())
+    # Another server that serves a model of the same name: its answers are its own.
+    with FakeVLMServer(script=lambda request: "No") as other:
+        second = run_label(make_config(images_dir, out, other), detector=Exploding())  # type: ignore[arg-type]
+        assert second["verifier"] == {"calls": 12, "cache_hits": 0, "errors": 0}
+        assert len(other.model_requests) == 12
+        assert second["per_class"]["circle"] == {"accepted": 0, "rejected": 6, "needs_review": 0}
+    assert second["provenance"]["verifier_endpoint"] == other.base_url.rstrip("/")
+    calls = len(server.model_requests)
+    third = run_label(make_config(images_dir, out, server), detector=Exploding())  # type: ignore[arg-type]
+    assert third["verifier"] == {"calls": 0, "cache_hits": 12, "errors": 0}
+    assert len(server.model_requests) == calls
+
+
 def test_threshold_change_reroutes_without_models(
     images_dir: Path, tmp_path: Path, server: FakeVLMServer
 ) -> None:

@@ -25,6 +25,7 @@ from labeler.verify import (
     question_for,
     verdict_cache_key,
 )
+from labeler.verify.identity import verifier_identity
 from labeler.verify.moondream_backend import MoondreamVerifier
 from labeler.verify.openai_backend import OpenAIVerifier
 from labeler.verify.render import crop_with_context, draw_marks
@@ -540,6 +541,45 @@ def test_cache_key_is_stable() -> None:
 )
 def test_cache_key_changes_with_each_input(field: str, value: Any) -> None:
     assert verdict_cache_key(**{**KEY_ARGS, field: value}) != verdict_cache_key(**KEY_ARGS)
+
+
+def test_cache_key_changes_with_the_endpoint() -> None:
+    key = verdict_cache_key(**KEY_ARGS)
+    assert verdict_cache_key(**KEY_ARGS, endpoint=None) == key
+    a = verdict_cache_key(**KEY_ARGS, endpoint="http://gpu-a:8000/v1")
+    b = verdict_cache_key(**KEY_ARGS, endpoint="http://gpu-b:8000/v1")
+    assert len({key, a, b}) == 3
+
+
+def test_verifier_identity_names_the_openai_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    spec = "openai:qwen2-vl"
+
+    def identity(url: str | None) -> Any:
+        return verifier_identity(spec, mode="crop", url=url)
+
+    a, b = identity("http://gpu-a:8000/v1"), identity("http://gpu-b:8000/v1")
+    assert a.model_id == b.model_id == spec
+    assert a != b and a.endpoint != b.endpoint
+    assert identity("http://gpu-a:8000/v1") == a
+    # Spelling that names the same server gives the same identity; credentials never enter it.
+    for same in (
+        "HTTP://GPU-A:8000/v1/",
+        "http://user:sk-secret@gpu-a:8000/v1?api-key=sk-secret#frag",
+    ):
+        assert identity(same) == a
+    assert a.endpoint == "http://gpu-a:8000/v1"
+    assert identity("https://example.com:443/v1").endpoint == "https://example.com/v1"
+    assert identity("http://gpu-a:8001/v1") != a
+    assert identity("http://gpu-a:8000/v2") != a
+    # Without a URL the backend's own default applies: OPENAI_BASE_URL, then OpenAI's API.
+    assert identity(None).endpoint == "https://api.openai.com/v1"
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://gpu-b:8000/v1")
+    assert identity(None) == b
+    # Backends that take no endpoint keep the identity they had.
+    local = verifier_identity("transformers:/models/smolvlm", mode="crop", url="http://x/v1")
+    assert local.endpoint is None
+    assert verifier_identity("moondream", mode="crop").endpoint is None
 
 
 def test_template_provenance() -> None:

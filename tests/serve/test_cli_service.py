@@ -77,6 +77,7 @@ def test_serve_runs_jobs_in_process_and_logs_json(tmp_path: Path, tiny_detector_
         "PROMPTLABEL_SERVICE_DETECTORS": json.dumps({"default": str(tiny_detector_dir)}),
         "PROMPTLABEL_SERVICE_DEVICE": "cpu",
         "PROMPTLABEL_POLL_INTERVAL_S": "0.1",
+        "PROMPTLABEL_HTTP_KEEP_ALIVE_S": "1",
     }
     log = tmp_path / "serve.log"
     command = [sys.executable, "-c", "from serve.cli import main; main()", "serve"]
@@ -124,6 +125,7 @@ def test_serve_runs_jobs_in_process_and_logs_json(tmp_path: Path, tiny_detector_
         assert 'promptlabel_jobs{kind="label",status="succeeded"} 1.0' in metrics
         assert 'promptlabel_jobs_finished_total{kind="label",status="succeeded"} 1.0' in metrics
         assert "promptlabel_http_request_seconds_bucket" in metrics
+        assert _seconds_until_idle_connection_closes(port) < 3  # the setting reached uvicorn
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -135,6 +137,19 @@ def test_serve_runs_jobs_in_process_and_logs_json(tmp_path: Path, tiny_detector_
     assert {"job started", "job succeeded"} <= {r["message"] for r in job_lines}
     assert all(r["job_kind"] == "label" and r["attempt"] == 1 for r in job_lines)
     assert "Loading weights" not in log.read_text()
+
+
+def _seconds_until_idle_connection_closes(port: int, give_up_s: float = 10) -> float:
+    """Send one keep-alive request on a raw socket, then time how long until the server hangs up."""
+    with socket.create_connection(("127.0.0.1", port), timeout=give_up_s) as connection:
+        connection.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        answered = time.monotonic()
+        received = b""
+        while b"\r\n\r\n" not in received or not received.rstrip().endswith(b"}"):
+            received += connection.recv(65536)
+        assert received.startswith(b"HTTP/1.1 200"), received
+        assert connection.recv(1) == b""  # blocks until the server closes (or times out)
+        return time.monotonic() - answered
 
 
 def test_log_lines_are_json_with_context(capsys: pytest.CaptureFixture[str]) -> None:

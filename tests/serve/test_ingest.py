@@ -30,6 +30,7 @@ from serve.ingest import (
     is_zip,
     iter_zip_members,
 )
+from tests.fakes.images import encoded, noise_image, png_claiming
 
 MAX_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 10_000_000
@@ -37,58 +38,31 @@ MAX_PIXELS = 10_000_000
 # ----------------------------------------------------------------------------- image factories
 
 
-def _noise(width: int = 96, height: int = 64, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
-
-
-def _encoded(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-
-def _png_claiming(width: int, height: int) -> bytes:
-    """A PNG of a few dozen bytes whose header claims ``width`` x ``height`` RGB pixels."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 16))
-        + _png_chunk(b"IEND", b"")
-    )
-
-
 def _blank_png(width: int, height: int) -> bytes:
     """A real, fully decodable bilevel PNG: millions of pixels in a few kilobytes."""
-    return _encoded(Image.new("1", (width, height)), "PNG", optimize=True)
+    return encoded(Image.new("1", (width, height)), "PNG", optimize=True)
 
 
 def _rotated_jpeg() -> bytes:
     """A JPEG whose pixels are stored 64 wide x 96 high, displayed 96 x 64 (EXIF orientation 6)."""
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    return _encoded(_noise(64, 96), "JPEG", exif=exif.tobytes(), quality=90)
+    return encoded(noise_image(64, 96), "JPEG", exif=exif.tobytes(), quality=90)
 
 
 def _mpo() -> bytes:
     """A phone's multi-picture JPEG: Pillow calls it MPO; it is stored and read as a JPEG."""
-    frames = [_noise(48, 32, seed=1), _noise(48, 32, seed=2)]
-    return _encoded(frames[0], "MPO", save_all=True, append_images=frames[1:])
+    frames = [noise_image(48, 32, seed=1), noise_image(48, 32, seed=2)]
+    return encoded(frames[0], "MPO", save_all=True, append_images=frames[1:])
 
 
 def _truncated_jpeg() -> bytes:
-    data = _encoded(_noise(256, 192), "JPEG", quality=90)
+    data = encoded(noise_image(256, 192), "JPEG", quality=90)
     return data[: len(data) // 2]
 
 
 def _jpeg_with_zero_size() -> bytes:
-    data = bytearray(_encoded(_noise(), "JPEG"))
+    data = bytearray(encoded(noise_image(), "JPEG"))
     start = data.index(b"\xff\xc0") + 5  # frame header: height and width
     data[start : start + 4] = bytes(4)
     return bytes(data)
@@ -100,11 +74,11 @@ def _jpeg_with_zero_size() -> bytes:
 @pytest.mark.parametrize(
     ("make", "fmt", "extension", "image_wh"),
     [
-        pytest.param(lambda: _encoded(_noise(), "PNG"), "PNG", ".png", (96, 64), id="png"),
-        pytest.param(lambda: _encoded(_noise(), "JPEG"), "JPEG", ".jpg", (96, 64), id="jpeg"),
-        pytest.param(lambda: _encoded(_noise(), "WEBP"), "WEBP", ".webp", (96, 64), id="webp"),
-        pytest.param(lambda: _encoded(_noise(), "BMP"), "BMP", ".bmp", (96, 64), id="bmp"),
-        pytest.param(lambda: _encoded(_noise(), "TIFF"), "TIFF", ".tif", (96, 64), id="tiff"),
+        pytest.param(lambda: encoded(noise_image(), "PNG"), "PNG", ".png", (96, 64), id="png"),
+        pytest.param(lambda: encoded(noise_image(), "JPEG"), "JPEG", ".jpg", (96, 64), id="jpeg"),
+        pytest.param(lambda: encoded(noise_image(), "WEBP"), "WEBP", ".webp", (96, 64), id="webp"),
+        pytest.param(lambda: encoded(noise_image(), "BMP"), "BMP", ".bmp", (96, 64), id="bmp"),
+        pytest.param(lambda: encoded(noise_image(), "TIFF"), "TIFF", ".tif", (96, 64), id="tiff"),
         pytest.param(_mpo, "JPEG", ".jpg", (48, 32), id="mpo-is-a-jpeg"),
         pytest.param(_rotated_jpeg, "JPEG", ".jpg", (96, 64), id="exif-rotated-jpeg"),
         pytest.param(lambda: _blank_png(2000, 1500), "PNG", ".png", (2000, 1500), id="sparse"),
@@ -187,7 +161,7 @@ BAD_IMAGES = [
     ),
     pytest.param(
         "a.zip",
-        lambda: _zip([("a.png", _encoded(_noise(), "PNG"))]),
+        lambda: _zip([("a.png", encoded(noise_image(), "PNG"))]),
         MAX_BYTES,
         MAX_PIXELS,
         "not_an_image",
@@ -206,7 +180,7 @@ BAD_IMAGES = [
     ),
     pytest.param(
         "anim.jpg",
-        lambda: _encoded(_noise(), "GIF"),
+        lambda: encoded(noise_image(), "GIF"),
         MAX_BYTES,
         MAX_PIXELS,
         "unsupported_format",
@@ -215,7 +189,7 @@ BAD_IMAGES = [
     ),
     pytest.param(
         "icon.png",
-        lambda: _encoded(_noise(32, 32), "ICO"),
+        lambda: encoded(noise_image(32, 32), "ICO"),
         MAX_BYTES,
         MAX_PIXELS,
         "unsupported_format",
@@ -259,7 +233,7 @@ BAD_IMAGES = [
         # 10^10 pixels claimed by 67 bytes: decoding would be "truncated", so the limit must
         # have been checked from the header first.
         "bomb.png",
-        lambda: _png_claiming(100_000, 100_000),
+        lambda: png_claiming(100_000, 100_000),
         MAX_BYTES,
         MAX_PIXELS,
         "too_many_pixels",
@@ -268,7 +242,7 @@ BAD_IMAGES = [
     ),
     pytest.param(
         "bomb.png",
-        lambda: _png_claiming(5000, 4000),
+        lambda: png_claiming(5000, 4000),
         MAX_BYTES,
         MAX_PIXELS,
         "too_many_pixels",
@@ -286,7 +260,7 @@ BAD_IMAGES = [
     ),
     pytest.param(
         "big.png",
-        lambda: _encoded(_noise(), "PNG"),
+        lambda: encoded(noise_image(), "PNG"),
         100,
         MAX_PIXELS,
         "too_large",
@@ -317,7 +291,7 @@ def test_check_image_bytes_names_why_an_upload_is_refused(
 
 
 def test_limits_are_inclusive() -> None:
-    data = _encoded(_noise(96, 64), "PNG")
+    data = encoded(noise_image(96, 64), "PNG")
 
     info = check_image_bytes(data, filename="a.png", max_bytes=len(data), max_pixels=96 * 64)
 
@@ -421,8 +395,8 @@ def _members(
     )
 
 
-PNG = _encoded(_noise(32, 24, seed=3), "PNG")
-JPEG = _encoded(_noise(32, 24, seed=4), "JPEG")
+PNG = encoded(noise_image(32, 24, seed=3), "PNG")
+JPEG = encoded(noise_image(32, 24, seed=4), "JPEG")
 
 
 # ----------------------------------------------------------------------------- iter_zip_members
