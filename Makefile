@@ -21,3 +21,5 @@ test: install lint
 bench: install
 	.venv/bin/python benchmarks/bench_propose.py
 	.venv/bin/python benchmarks/bench_verify.py
+	.venv/bin/python benchmarks/bench_runtime.py
+	.venv/bin/python benchmarks/bench_service.py
