@@ -44,7 +44,6 @@ import itertools
 import json
 import math
 import os
-import secrets
 import shlex
 import shutil
 import signal
@@ -68,6 +67,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # for tests.fakes
 
 from labeler.synthetic import make_shapes_image  # noqa: E402
+from tests.fakes.postgres import scratch_schema  # noqa: E402
 
 PARTS = ("submissions", "predict", "workers")
 CLI = [sys.executable, "-c", "from serve.cli import main; main()"]
@@ -197,22 +197,8 @@ def database_for(url: str | None) -> Iterator[str | None]:
     if url is None:
         yield None
         return
-    import sqlalchemy as sa
-
-    from serve.db import normalize_database_url
-
-    base = normalize_database_url(url)
-    schema = f"bench_{secrets.token_hex(6)}"
-    admin = sa.create_engine(base)
-    with admin.begin() as connection:
-        connection.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    separator = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as connection:
-            connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    with scratch_schema(url, prefix="bench") as schema_url:
+        yield schema_url
 
 
 @dataclass

@@ -21,6 +21,7 @@ from serve.app import create_app
 from serve.auth import create_api_key, create_project
 from serve.db import Database
 from serve.worker import Worker
+from tests.fakes.postgres import scratch_schema
 from tests.fakes.students import build_student, export_onnx
 from tests.fakes.vlm_server import FakeVLMServer, RecordedRequest
 
@@ -95,27 +96,13 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
     if request.param == "sqlite":
         yield None
         return
-    import secrets
-
-    import sqlalchemy as sa
-
-    from serve.db import normalize_database_url
-
     base = os.environ.get("PROMPTLABEL_TEST_DATABASE_URL")
     if not base:
         if os.environ.get("PROMPTLABEL_REQUIRE_POSTGRES") == "1":
             pytest.fail("PROMPTLABEL_REQUIRE_POSTGRES=1 but PROMPTLABEL_TEST_DATABASE_URL is unset")
         pytest.skip("no PostgreSQL: set PROMPTLABEL_TEST_DATABASE_URL (scripts/start_postgres.sh)")
-    base = normalize_database_url(base)
-    schema = f"test_{secrets.token_hex(6)}"
-    admin = sa.create_engine(base)
-    with admin.begin() as connection:
-        connection.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    separator = "&" if "?" in base else "?"
-    yield f"{base}{separator}options=-csearch_path%3D{schema}"
-    with admin.begin() as connection:
-        connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with scratch_schema(base, prefix="test") as url:
+        yield url
 
 
 @pytest.fixture
