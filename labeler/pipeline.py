@@ -35,7 +35,7 @@ from labeler.verify import (
     question_for,
     verdict_cache_key,
 )
-from labeler.verify.identity import verifier_identity
+from labeler.verify.identity import VerifierIdentity, verifier_identity
 
 if TYPE_CHECKING:
     import httpx
@@ -92,6 +92,10 @@ class LabelConfig:
     @property
     def workspace(self) -> Path:
         return self.workspace_dir or self.out_dir / WORKSPACE_DIRNAME
+
+    def verifier_identity(self) -> VerifierIdentity:
+        """What names this run's verdicts in the cache: model, templates, an API's URL."""
+        return verifier_identity(self.verifier, mode=self.verify_mode, url=self.verifier_url)
 
     def validate(self) -> None:
         """Check everything that can be checked before any model loads."""
@@ -314,7 +318,7 @@ def _verify(
     if all(q is None for q in questions):
         progress.start("verify", 0)
         return stats
-    identity = verifier_identity(config.verifier, mode=config.verify_mode, url=config.verifier_url)
+    identity = config.verifier_identity()
     work: list[_BoxWork] = []
     for sha in scan.first_path:
         proposals = workspace.load_proposals(sha, key)
@@ -415,11 +419,7 @@ class _Routed:
 
 def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> _Routed:
     questions = _questions(config)
-    identity = (
-        None
-        if all(q is None for q in questions)
-        else verifier_identity(config.verifier, mode=config.verify_mode, url=config.verifier_url)
-    )
+    identity = None if all(q is None for q in questions) else config.verifier_identity()
     names = config.ontology.names
     routed = _Routed(
         rows=[], items=[], review=[], per_class={n: Counter() for n in names}, images=[]
@@ -556,11 +556,7 @@ def run_label(
         statuses: Counter[str] = Counter()
         for counts in routed.per_class.values():
             statuses.update(counts)
-        identity = (
-            verifier_identity(config.verifier, mode=config.verify_mode, url=config.verifier_url)
-            if config.uses_verifier
-            else None
-        )
+        identity = config.verifier_identity() if config.uses_verifier else None
         report: dict[str, Any] = {
             "images": {
                 "total": len(scan.paths),
