@@ -1,9 +1,11 @@
 """evaluate(): COCO mAP that agrees with Ultralytics' own numbers, for .pt and .onnx alike.
 
 Three CPU epochs teach the session's student almost nothing (its mAP is about 0), so agreeing
-with ``model.val`` on it checks the plumbing (split, classes, images) but not the metric. Two
+with ``model.val`` on it checks the plumbing (split, classes, images) but not the metric. Three
 more tests carry the weight:
 
+- ``model.val`` against evaluate() on a student overfit to its train images (mAP50-95 about
+  0.8 there): same model, same data, same pixels, so the numbers must agree;
 - the scoring against Ultralytics' metric code (its matcher and ``DetMetrics``) on identical,
   realistic predictions (mAP around 0.6), where a class-id shift or swapped x/y must land far
   outside the tolerance;
@@ -31,6 +33,7 @@ from labeler.export import ExportItem, export_dataset
 from labeler.images import sha256_file
 from labeler.synthetic import SHAPE_CLASSES, make_shapes_image
 from tests.distill.conftest import STUDENT_IMGSZ, ShapesDataset, Student
+from tests.fakes.students import overfit_student
 
 # Largest accepted |ours - Ultralytics| in mAP50 and mAP50-95. On the same predictions the two
 # differ by how AP is read off the precision envelope (COCO: mean of 101 step samples;
@@ -247,6 +250,45 @@ def test_evaluate_agrees_with_ultralytics_validator(
         sum(c["instances"] for c in ours.per_class.values()) == shapes_dataset.summary.boxes["val"]
     )
     assert 0 < ours.ms_per_image < 10_000
+
+
+@pytest.fixture(scope="module")
+def overfit(shapes_dataset: ShapesDataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return overfit_student(
+        shapes_dataset.path, tmp_path_factory.mktemp("overfit"), imgsz=STUDENT_IMGSZ
+    )
+
+
+def test_evaluate_agrees_with_ultralytics_validator_on_a_student_that_detects(
+    overfit: Path, shapes_dataset: ShapesDataset, tmp_path: Path
+) -> None:
+    """Same model, same labels, same pixels: evaluate() and model.val must give the same mAP.
+
+    ``rect=False`` is the one setting changed: model.val defaults to rectangular batches padded
+    by half a stride, which puts these 64 px images on 96 px inputs, while predict (and so
+    evaluate) feeds them at 64 px. With the same pixels the same predictions come out, and what
+    is left to differ is the metric.
+    """
+    from ultralytics import YOLO
+
+    ours = evaluate(overfit, shapes_dataset.path, split="train", device="cpu")
+    theirs = YOLO(str(overfit)).val(
+        data=str(shapes_dataset.path / "data.yaml"),
+        split="train",
+        imgsz=STUDENT_IMGSZ,
+        rect=False,
+        conf=0.001,
+        iou=0.7,
+        plots=False,
+        device="cpu",
+        project=str(tmp_path),
+        verbose=False,
+    )
+
+    assert 0.5 < theirs.box.map < theirs.box.map50 < 1.0, "the student must detect, not ace"
+    assert ours.map50 == pytest.approx(theirs.box.map50, abs=TOLERANCE)
+    assert ours.map50_95 == pytest.approx(theirs.box.map, abs=TOLERANCE)
+    assert ours.n_images == shapes_dataset.summary.images["train"]
 
 
 @pytest.fixture(scope="module")
