@@ -165,17 +165,19 @@ def list_api_keys(db: Database) -> list[ApiKey]:
     ]
 
 
+# Built once: this runs on every request, and building the statement costs as much as running it.
+_KEY_BY_ID = sa.select(
+    api_keys.c.project_id, api_keys.c.secret_sha256, api_keys.c.revoked_at
+).where(api_keys.c.id == sa.bindparam("key_id"))
+
+
 def authenticate(db: Database, token: str) -> Principal | None:
     """The principal a bearer token stands for, or None (unknown, malformed or revoked)."""
     if not token.startswith(KEY_PREFIX) or "." not in token:
         return None
     key_id, secret = token[len(KEY_PREFIX) :].split(".", 1)
     with db.read() as connection:
-        row = connection.execute(
-            sa.select(api_keys.c.project_id, api_keys.c.secret_sha256, api_keys.c.revoked_at).where(
-                api_keys.c.id == key_id
-            )
-        ).first()
+        row = connection.execute(_KEY_BY_ID, {"key_id": key_id}).first()
     if row is None or row.revoked_at is not None:
         return None
     if not hmac.compare_digest(row.secret_sha256, _hash(secret)):

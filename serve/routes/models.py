@@ -8,7 +8,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, Query, Response, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
@@ -175,8 +175,11 @@ async def predict(
     settings: ServiceSettings,
     project_id: ProjectId,
     file: Annotated[UploadFile, File(description="One image.")],
+    response: Response,
     conf: Annotated[float, Query(ge=0.1, le=1, description="Score threshold.")] = 0.25,
 ) -> PredictResult:
+    """The response's ``Server-Timing`` header gives ``runtime`` (decoding and running the
+    model) and ``app`` (all of the request inside the service) in milliseconds."""
     data = await file.read(settings.max_image_bytes + 1)
     if len(data) > settings.max_image_bytes:
         raise InputError(f"file: over the {settings.max_image_bytes}-byte image limit")
@@ -184,8 +187,11 @@ async def predict(
 
     def run() -> PredictResult:
         version, detector = PREDICTORS.get(settings.data_dir, project_id)
+        started = time.perf_counter()
         image = read_image_bytes(data, name=name, max_pixels=settings.max_image_pixels)
         detections = detector.predict([image])[0]
+        runtime_ms = (time.perf_counter() - started) * 1e3
+        response.headers["Server-Timing"] = f"runtime;dur={runtime_ms:.2f}"
         keep = detections.confidence >= conf
         names = detector.names
         return PredictResult(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 import sqlalchemy as sa
@@ -28,6 +29,21 @@ def test_every_route_but_health_needs_a_key(service: Service) -> None:
             checked += 1
     assert checked >= 18
     assert service.client.get("/healthz").status_code == 200
+
+
+def test_every_answer_carries_a_request_id_and_the_time_spent_in_the_app(service: Service) -> None:
+    answers = [
+        service.client.get("/healthz"),
+        service.client.get(service.url()),  # 401
+        service.client.get(service.url(), headers=service.headers),
+        service.client.get(service.url("/jobs/nope"), headers=service.headers),  # 404
+    ]
+    for answer in answers:
+        assert re.fullmatch(r"[0-9a-f]{16}", answer.headers["x-request-id"]), answer.headers
+        timing = re.fullmatch(r"app;dur=(\d+\.\d\d)", answer.headers["server-timing"])
+        assert timing is not None and 0 < float(timing[1]) < 60_000, answer.headers
+    echoed = service.client.get("/healthz", headers={"X-Request-ID": "caller-chosen-id"})
+    assert echoed.headers["x-request-id"] == "caller-chosen-id"
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import onnxruntime as ort
@@ -74,13 +75,18 @@ def test_train_register_promote_download_predict(service: Service) -> None:
     assert session.get_inputs()[0].shape[-1] == 64
 
     image = png_bytes(3, (128, 96))
-    predicted = service.client.post(
+    answer = service.client.post(
         service.url("/predict"),
         headers=service.headers,
         files={"file": ("a.png", image, "image/png")},
         params={"conf": 0.1},
-    ).json()
+    )
+    predicted = answer.json()
     assert predicted["model_version"] == version
+    # Server-Timing: the runtime's share (decode and run) and the whole request inside the app.
+    timings = dict(re.findall(r"(\w+);dur=([\d.]+)", answer.headers["server-timing"]))
+    assert set(timings) == {"runtime", "app"}
+    assert 0 < float(timings["runtime"]) <= float(timings["app"])
     assert predicted["image_wh"] == [128, 96]
     # The endpoint answers exactly what the device runtime answers for the same file.
     path = service.settings.data_dir / "direct.onnx"
