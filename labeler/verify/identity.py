@@ -10,16 +10,24 @@ from urllib.parse import urlsplit, urlunsplit
 from labeler.verify.base import check_verifier_spec
 from labeler.verify.templates import Mode, template_set
 
-__all__ = ["VerifierIdentity", "normalized_endpoint", "openai_base_url", "verifier_identity"]
+__all__ = [
+    "MOONDREAM_DEFAULT_ENDPOINT",
+    "VerifierIdentity",
+    "normalized_endpoint",
+    "openai_base_url",
+    "verifier_identity",
+]
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+MOONDREAM_DEFAULT_ENDPOINT = "https://api.moondream.ai/v1"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True)
 class VerifierIdentity:
     """``endpoint`` is the normalized server URL for a backend whose model name alone does not
-    say which model answers (an OpenAI-compatible server); None for the others."""
+    say which model answers (an OpenAI-compatible server, Moondream Cloud or a local Moondream
+    Station); None for a local transformers model."""
 
     model_id: str
     template_id: str
@@ -56,7 +64,11 @@ def verifier_identity(spec: str, *, mode: str, url: str | None = None) -> Verifi
     backend, model = check_verifier_spec(spec)
     templates = template_set(cast(Mode, mode))
     # Two servers can serve different models under one name, so their verdicts must not mix.
-    endpoint = normalized_endpoint(openai_base_url(url)) if backend == "openai" else None
+    endpoint = None
+    if backend == "openai":
+        endpoint = normalized_endpoint(openai_base_url(url))
+    elif backend == "moondream":
+        endpoint = normalized_endpoint(url or MOONDREAM_DEFAULT_ENDPOINT)
     return VerifierIdentity(
         model_id=f"{backend}:{model}" if model else backend,
         template_id=templates.template_id,

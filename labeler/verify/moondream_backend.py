@@ -1,39 +1,43 @@
-"""Verifier backend for Moondream, through the ``moondream`` package's client.
+"""Verifier backend for Moondream: its HTTP ``POST /query`` API, spoken with httpx.
 
-``moondream.vl(endpoint=..., api_key=...)`` speaks HTTP to Moondream Cloud (key in
-``MOONDREAM_API_KEY``) or to a local Moondream Station server (``--verifier-url
-http://localhost:2020/v1``, no key). Its ``query(image, question)`` is blocking and has no retries
-or timeout of its own, so calls run in worker threads and are retried here.
+Moondream Cloud (key in ``MOONDREAM_API_KEY``) and a local Moondream Station server
+(``--verifier-url http://localhost:2020/v1``, no key) take the same request: a JPEG data URL and
+a question, answered with ``{"answer": ...}``. The ``moondream`` package's client sends exactly
+that, but through ``urllib`` without a timeout, so a server that stops answering holds a thread
+forever; after a few of those every later call waits for a free thread. httpx gives each request
+a real timeout and needs no thread; retries (with ``Retry-After``) are done here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import math
 import os
 import time
-import urllib.error
 from typing import Any
 
+import httpx
 from PIL import Image
 
 from labeler.exceptions import InputError, VerifierError, VerifierRateLimited
 from labeler.verify.base import Completion, VerifierBase
+from labeler.verify.identity import MOONDREAM_DEFAULT_ENDPOINT as DEFAULT_ENDPOINT
+from labeler.verify.render import encode_jpeg_data_url
 
 __all__ = ["DEFAULT_ENDPOINT", "MoondreamVerifier"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ENDPOINT = "https://api.moondream.ai/v1"
 _RETRY_STATUSES = frozenset({408, 409, 429})
 _MAX_RETRY_AFTER_S = 60.0
 _MAX_BACKOFF_S = 8.0
 
 
-def _retry_after_s(exc: urllib.error.HTTPError) -> float | None:
-    value = exc.headers.get("retry-after") if exc.headers is not None else None
+def _retry_after_s(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
     if value is None:
         return None
     try:
@@ -60,56 +64,82 @@ class MoondreamVerifier(VerifierBase):
         timeout_s: float = 60.0,
         max_retries: int = 5,
         retry_base_delay_s: float = 0.5,
-        client: Any = None,
+        http_client: httpx.AsyncClient | None = None,
     ) -> None:
-        """``client`` replaces the ``moondream.vl`` client (anything with ``query(image,
-        question) -> {"answer": str}``). Raises InputError when Moondream Cloud is used without
-        an API key."""
+        """Raises InputError when Moondream Cloud is used without an API key. ``http_client``
+        is used as given and not closed by ``aclose``."""
         model_id = "moondream" if model is None else f"moondream:{model}"
         super().__init__(model_id=model_id, mode=mode, concurrency=concurrency)
+        self.model = model
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.retry_base_delay_s = retry_base_delay_s
-        if client is None:
-            endpoint = (url or DEFAULT_ENDPOINT).rstrip("/")
-            key = api_key or os.environ.get("MOONDREAM_API_KEY")
-            if not key and endpoint == DEFAULT_ENDPOINT:
-                raise InputError(
-                    f"verifier {model_id} needs an API key for Moondream Cloud: set "
-                    "MOONDREAM_API_KEY, or pass --verifier-url http://localhost:2020/v1 for a "
-                    "local Moondream Station server"
-                )
-            import moondream
+        self.endpoint = (url or DEFAULT_ENDPOINT).rstrip("/")
+        key = api_key or os.environ.get("MOONDREAM_API_KEY")
+        if not key and self.endpoint == DEFAULT_ENDPOINT:
+            raise InputError(
+                f"verifier {model_id} needs an API key for Moondream Cloud: set "
+                "MOONDREAM_API_KEY, or pass --verifier-url http://localhost:2020/v1 for a "
+                "local Moondream Station server"
+            )
+        self._headers = {"X-Moondream-Auth": key} if key else {}
+        self._owns_http_client = http_client is None
+        if http_client is None:
+            http_client = httpx.AsyncClient(
+                limits=httpx.Limits(
+                    max_connections=concurrency + 4, max_keepalive_connections=concurrency
+                ),
+                timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            )
+        self._http_client = http_client
 
-            client = moondream.vl(api_key=key, endpoint=endpoint, model=model)
-        self._client = client
+    async def aclose(self) -> None:
+        if self._owns_http_client:
+            await self._http_client.aclose()
 
-    async def _complete(self, payload: Image.Image, prompt: str, *, marks: int) -> Completion:
+    def _prepare(self, image: Image.Image) -> str:
+        return encode_jpeg_data_url(image, quality=95)  # what the moondream client sends
+
+    async def _complete(self, payload: str, prompt: str, *, marks: int) -> Completion:
+        request: dict[str, Any] = {"image_url": payload, "question": prompt, "stream": False}
+        if self.model is not None:
+            request["model"] = self.model
         for attempt in range(self.max_retries + 1):
             delay: float | None = None
             try:
-                result = await asyncio.wait_for(
-                    asyncio.to_thread(self._client.query, payload, prompt), self.timeout_s
+                response = await self._http_client.post(
+                    f"{self.endpoint}/query",
+                    json=request,
+                    headers=self._headers,
+                    timeout=self.timeout_s,
                 )
-            except urllib.error.HTTPError as exc:
-                status, delay = exc.code, _retry_after_s(exc)
-                exc.close()  # the error holds the open response
-                retryable = status in _RETRY_STATUSES or status >= 500
-                if not retryable or attempt == self.max_retries:
-                    error_type = VerifierRateLimited if status == 429 else VerifierError
-                    raise error_type(f"moondream answered HTTP {status}: {exc.reason}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                # asyncio.TimeoutError is TimeoutError; the worker thread finishes on its own.
+            except httpx.TransportError as exc:  # timeouts, refused and dropped connections
                 if attempt == self.max_retries:
                     raise VerifierError(f"moondream request failed: {exc!r}") from exc
             else:
-                answer = result.get("answer") if isinstance(result, dict) else None
-                if not isinstance(answer, str):
-                    raise VerifierError(f"moondream's reply has no text answer: {result!r:.200}")
-                return Completion(text=answer)
+                status = response.status_code
+                if status < 400:
+                    return Completion(text=_answer(response))
+                delay = _retry_after_s(response)
+                if not (status in _RETRY_STATUSES or status >= 500) or attempt == self.max_retries:
+                    error_type = VerifierRateLimited if status == 429 else VerifierError
+                    raise error_type(
+                        f"moondream answered HTTP {status}: {response.reason_phrase}"
+                    ) from None
             self.stats.retries += 1
             if delay is None:
                 delay = min(self.retry_base_delay_s * 2**attempt, _MAX_BACKOFF_S)
             logger.info("verifier %s: retrying in %.2f s", self.model_id, delay)
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _answer(response: httpx.Response) -> str:
+    try:
+        result = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        result = None
+    answer = result.get("answer") if isinstance(result, dict) else None
+    if not isinstance(answer, str):
+        raise VerifierError(f"moondream's reply has no text answer: {response.text!r:.200}")
+    return answer

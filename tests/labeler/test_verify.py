@@ -7,6 +7,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -551,7 +552,7 @@ def test_cache_key_changes_with_the_endpoint() -> None:
     assert len({key, a, b}) == 3
 
 
-def test_verifier_identity_names_the_openai_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_verifier_identity_names_the_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     spec = "openai:qwen2-vl"
 
@@ -579,7 +580,11 @@ def test_verifier_identity_names_the_openai_endpoint(monkeypatch: pytest.MonkeyP
     # Backends that take no endpoint keep the identity they had.
     local = verifier_identity("transformers:/models/smolvlm", mode="crop", url="http://x/v1")
     assert local.endpoint is None
-    assert verifier_identity("moondream", mode="crop").endpoint is None
+    # Moondream Cloud and a local Moondream Station may run different model versions.
+    cloud = verifier_identity("moondream", mode="crop")
+    station = verifier_identity("moondream", mode="crop", url="http://LOCALHOST:2020/v1/")
+    assert cloud.endpoint == "https://api.moondream.ai/v1"
+    assert station.endpoint == "http://localhost:2020/v1"
 
 
 def test_template_provenance() -> None:
@@ -635,6 +640,27 @@ def test_moondream_timeout(vlm_server: Callable[..., FakeVLMServer]) -> None:
     verdicts = run(verify(moondream_verifier(server, timeout_s=0.3), [CAT_BOX], ["q"]))
     assert verdicts[0].answer == "yes"
     assert len(server.requests) == 2
+
+
+def test_moondream_hung_calls_cost_a_timeout_not_a_thread(
+    vlm_server: Callable[..., FakeVLMServer],
+) -> None:
+    """The ``moondream`` package's client blocks a thread per call, without a timeout: a server
+    that stopped answering held every thread of the pool, and later calls (and crop rendering)
+    waited for one. Here two threads and four hung calls must not matter."""
+    server = vlm_server(faults=[Fault.hang(hang_s=60.0)] * 4)
+    verifier = moondream_verifier(server, timeout_s=0.3, max_retries=1)
+
+    async def on_two_threads() -> list[Verdict]:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=2))
+        return await verify(verifier, [CAT_BOX] * 4, ["q"] * 4)
+
+    started = time.monotonic()
+    verdicts = run(on_two_threads())
+
+    assert [v.answer for v in verdicts] == ["yes"] * 4  # each retried once, after 0.3 s
+    assert time.monotonic() - started < 5
+    assert len(server.requests) == 8
 
 
 def test_moondream_cloud_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
