@@ -75,8 +75,8 @@ SCHEMA_VERSION = 1
 DB_NAME = "registry.db"
 MODELS_DIR = "models"
 _STAGING_PREFIX = ".staging-"
-# A staging folder untouched this long is left by a registration that died: a live one writes its
-# copy within seconds or minutes of making the folder, and renames the folder soon after.
+# A staging folder (or partial artifact) untouched this long is left by a copy that died: a live
+# one writes within seconds or minutes of starting, and renames its result soon after.
 STALE_STAGING_AGE_S = 60 * 60
 _KIND_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _VERSION_PATTERN = re.compile(r"^[vV]?(\d+)$")
@@ -292,51 +292,54 @@ class Registry(SqliteFile):
             what="the model registry",
             advice="use another workspace",
         )
-        self._sweep_stale_staging()
+        self._sweep_stale_leftovers()
 
-    def _sweep_stale_staging(self) -> None:
-        """Remove ``models/.staging-*`` folders left by registrations killed mid-copy.
+    def _sweep_stale_leftovers(self) -> None:
+        """Remove what copies killed midway left: ``models/.staging-*`` folders (registrations)
+        and ``models/vN/.*.partial`` files (``add_artifact``).
 
-        Another process may be registering right now, so only folders whose newest mtime (the
-        folder's or a file's in it; a file being copied keeps its own fresh) is older than
+        Another process may be copying right now, so only leftovers whose newest mtime (a
+        folder's own or a file's in it; a file being copied keeps its own fresh) is older than
         ``STALE_STAGING_AGE_S`` are removed. Failures are logged, never raised.
         """
-        cutoff = time.time() - STALE_STAGING_AGE_S
         try:
-            candidates = [
-                path
-                for path in self.models_dir.iterdir()
-                if path.name.startswith(_STAGING_PREFIX) and path.is_dir() and not path.is_symlink()
-            ]
+            entries = [p for p in self.models_dir.iterdir() if p.is_dir() and not p.is_symlink()]
+            leftovers = [p for p in entries if p.name.startswith(_STAGING_PREFIX)]
+            for version_dir in entries:
+                if _VERSION_PATTERN.match(version_dir.name):
+                    leftovers += [
+                        p
+                        for p in version_dir.glob(".*.partial")
+                        if p.is_file() and not p.is_symlink()
+                    ]
         except OSError as exc:
-            logger.warning("%s: cannot look for stale staging folders (%s)", self.models_dir, exc)
+            logger.warning(
+                "%s: cannot look for leftovers of killed copies (%s)", self.models_dir, exc
+            )
             return
-        for staging in candidates:
+        cutoff = time.time() - STALE_STAGING_AGE_S
+        for leftover in leftovers:
             try:
-                newest = max(
-                    [staging.stat().st_mtime]
-                    + [entry.stat(follow_symlinks=False).st_mtime for entry in staging.iterdir()]
-                )
+                times = [leftover.stat().st_mtime]
+                if leftover.is_dir():
+                    times += [
+                        entry.stat(follow_symlinks=False).st_mtime for entry in leftover.iterdir()
+                    ]
+                if max(times) >= cutoff:
+                    continue
+                if leftover.is_dir():
+                    shutil.rmtree(leftover)
+                else:
+                    leftover.unlink()
             except FileNotFoundError:
-                continue  # renamed by its registration, or swept by another process
+                continue  # finished by its copy, or swept by another process
             except OSError as exc:
-                logger.warning("%s: cannot check staging folder (%s)", staging, exc)
+                logger.warning("%s: cannot check or remove this leftover (%s)", leftover, exc)
                 continue
-            if newest >= cutoff:
-                continue
-            try:
-                shutil.rmtree(staging)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                logger.warning("%s: cannot remove stale staging folder (%s)", staging, exc)
-                continue
-            age_h = (time.time() - newest) / 3600
             logger.info(
-                "removed stale staging folder %s, left by an interrupted registration "
-                "(untouched for %.1f h)",
-                staging,
-                age_h,
+                "removed %s, left by an interrupted copy (untouched for %.1f h)",
+                leftover,
+                (time.time() - max(times)) / 3600,
             )
 
     # -- registering ------------------------------------------------------------------------------

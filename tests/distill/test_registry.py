@@ -163,7 +163,7 @@ def test_version_numbers_survive_reopen(tmp_path: Path) -> None:
     assert (workspace / DB_NAME).is_file()
 
 
-def test_opening_sweeps_stale_staging_folders_and_keeps_fresh_ones(
+def test_opening_sweeps_stale_leftovers_of_killed_copies_and_keeps_fresh_ones(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     workspace = tmp_path / "workspace"
@@ -185,16 +185,24 @@ def test_opening_sweeps_stale_staging_folders_and_keeps_fresh_ones(
     writing.mkdir()
     (writing / "model.pt").write_bytes(b"still growing")
     os.utime(writing, (two_hours_ago, two_hours_ago))
+    # add_artifact's copy killed before its rename, two hours ago and now.
+    stale_partial = models / "v1" / ".model.onnx.0123abcd.partial"
+    stale_partial.write_bytes(b"half an onnx file")
+    os.utime(stale_partial, (two_hours_ago, two_hours_ago))
+    fresh_partial = models / "v1" / ".model.onnx.4567ef01.partial"
+    fresh_partial.write_bytes(b"being copied")
 
     with caplog.at_level("INFO", logger="distill.registry"), Registry(workspace) as registry:
         assert [v.version for v in registry.list()] == ["v1"]
 
-    assert not stale.exists()
+    assert not stale.exists() and not stale_partial.exists()
     assert fresh.is_dir() and (fresh / "model.pt").is_file()
     assert writing.is_dir() and (writing / "model.pt").is_file()
+    assert fresh_partial.is_file()
     assert (models / "v1" / "model.pt").is_file()
-    removed = [r.getMessage() for r in caplog.records if "staging" in r.getMessage()]
-    assert len(removed) == 1 and str(stale) in removed[0]
+    removed = sorted(r.getMessage() for r in caplog.records if "interrupted" in r.getMessage())
+    assert len(removed) == 2
+    assert str(stale) in removed[0] and str(stale_partial) in removed[1]
 
 
 @pytest.mark.parametrize("name", ["v2", "2", "V2", " v2 "])
