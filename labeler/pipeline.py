@@ -225,12 +225,14 @@ def _propose(
     key: str,
     progress: ProgressSink,
     detector: Detector | None,
-) -> None:
+) -> dict[str, object] | None:
+    """Propose for the images without a stored proposal set; the detector's fingerprint when it
+    ran, None when every image had one already (the detector is then not even loaded)."""
     done = workspace.proposed_images(key)
     pending = [sha for sha in scan.first_path if sha not in done]
     progress.start("propose", len(pending))
     if not pending:
-        return
+        return None
     if detector is None:
         from labeler.propose import load_detector
 
@@ -257,6 +259,7 @@ def _propose(
                 for (sha, _), detections in zip(loaded, results, strict=True):
                     workspace.save_proposals(sha, key, detections, config.ontology.names)
             progress.advance("propose", len(decoded))
+    return detector.fingerprint()
 
 
 @dataclass
@@ -533,7 +536,7 @@ def run_label(
         timings["scan"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        _propose(config, scan, workspace, key, progress, detector)
+        detector_fingerprint = _propose(config, scan, workspace, key, progress, detector)
         timings["propose"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -586,6 +589,9 @@ def run_label(
                 "workspace": str(config.workspace),
                 "detector": config.detector,
                 "detector_options": asdict(config.detector_options),
+                # Model revision, library version, device and dtype of this run's detector; None
+                # when every proposal came from the workspace (see an earlier run's report).
+                "detector_fingerprint": detector_fingerprint,
                 "propose_key": key,
                 "verifier": identity.model_id if identity else "none",
                 "verifier_endpoint": identity.endpoint if identity else None,

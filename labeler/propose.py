@@ -78,6 +78,7 @@ class _Family:
     name: str
     encode_text: Callable[[Any, Any, Sequence[str]], list[_TextChunk]]
     decode: Callable[[Any, _TextChunk, torch.Tensor], _Decoded]
+    phrase_score: str  # how a phrase's score is read from the outputs, for provenance
 
 
 _GROUNDING_SEPARATORS = re.compile(r"[.?\s]+")
@@ -302,13 +303,19 @@ def _decode_omdet_turbo(outputs: Any, chunk: _TextChunk, image_wh: torch.Tensor)
     )
 
 
-_GROUNDING_DINO = _Family("Grounding DINO", _encode_text_grounding_dino, _decode_grounding_dino)
+# A phrase's score: the mean of its tokens' probabilities (Grounding DINO's prompt is one text),
+# or the sigmoid of its own query's logit (OWL's and OmDet-Turbo's one query per phrase).
+_GROUNDING_DINO = _Family(
+    "Grounding DINO", _encode_text_grounding_dino, _decode_grounding_dino, "mean_over_span"
+)
 _FAMILIES: dict[str, _Family] = {
     "grounding-dino": _GROUNDING_DINO,
     "mm-grounding-dino": _GROUNDING_DINO,
-    "owlv2": _Family("OWLv2", _encode_text_owl, _decode_owlv2),
-    "owlvit": _Family("OWL-ViT", _encode_text_owl, _decode_owlvit),
-    "omdet-turbo": _Family("OmDet-Turbo", _encode_text_omdet_turbo, _decode_omdet_turbo),
+    "owlv2": _Family("OWLv2", _encode_text_owl, _decode_owlv2, "query_logit"),
+    "owlvit": _Family("OWL-ViT", _encode_text_owl, _decode_owlvit, "query_logit"),
+    "omdet-turbo": _Family(
+        "OmDet-Turbo", _encode_text_omdet_turbo, _decode_omdet_turbo, "query_logit"
+    ),
 }
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(_FAMILIES)
 
@@ -471,7 +478,7 @@ class Detector:
             # Mixed image sizes are padded to a common size within a batch, which changes
             # Grounding DINO's features slightly, so the batch size matters too.
             "batch_size": self.options.batch_size,
-            "phrase_score": "mean_over_span",
+            "phrase_score": self._family.phrase_score,
         }
 
     def _plan(self, ontology: Ontology) -> _Plan:

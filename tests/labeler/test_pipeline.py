@@ -49,6 +49,9 @@ class ScriptedDetector:
     def __init__(self) -> None:
         self.images_seen = 0
 
+    def fingerprint(self) -> dict[str, object]:
+        return {"model_id": self.model_id, "boxes": "one per class"}
+
     def propose(self, images: Sequence[Image.Image], ontology: Ontology) -> list[Detections]:
         self.images_seen += len(images)
         out = []
@@ -166,6 +169,9 @@ def test_rerun_repeats_nothing(images_dir: Path, tmp_path: Path, server: FakeVLM
     assert second["verifier"] == {"calls": 0, "cache_hits": 12, "errors": 0}
     assert second["labels"] == first["labels"]
     assert second["images"]["failed"] == first["images"]["failed"]
+    # The first run's detector signed its proposals; the second ran none.
+    assert first["provenance"]["detector_fingerprint"] == ScriptedDetector().fingerprint()
+    assert second["provenance"]["detector_fingerprint"] is None
 
 
 def test_verdicts_from_one_server_are_not_reused_for_another(

@@ -362,6 +362,11 @@ def test_empty_image_list_and_fingerprint(gdino_dir: Path) -> None:
     assert (fingerprint["device_type"], fingerprint["dtype"]) == ("cpu", "float32")
 
 
+def test_fingerprint_says_how_each_family_scores_a_phrase(gdino_dir: Path, owl_dir: Path) -> None:
+    assert load_detector(gdino_dir).fingerprint()["phrase_score"] == "mean_over_span"
+    assert load_detector(owl_dir).fingerprint()["phrase_score"] == "query_logit"
+
+
 # --- options and load errors ---------------------------------------------------------------------
 
 
