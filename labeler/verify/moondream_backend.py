@@ -24,6 +24,7 @@ from PIL import Image
 
 from labeler.exceptions import InputError, VerifierError, VerifierRateLimited
 from labeler.verify.base import Completion, VerifierBase
+from labeler.verify.http_client import verifier_http_client
 from labeler.verify.identity import MOONDREAM_DEFAULT_ENDPOINT as DEFAULT_ENDPOINT
 from labeler.verify.render import encode_jpeg_data_url
 
@@ -85,12 +86,7 @@ class MoondreamVerifier(VerifierBase):
         self._headers = {"X-Moondream-Auth": key} if key else {}
         self._owns_http_client = http_client is None
         if http_client is None:
-            http_client = httpx.AsyncClient(
-                limits=httpx.Limits(
-                    max_connections=concurrency + 4, max_keepalive_connections=concurrency
-                ),
-                timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-            )
+            http_client = verifier_http_client(concurrency=concurrency, timeout_s=timeout_s)
         self._http_client = http_client
 
     async def aclose(self) -> None:

@@ -22,6 +22,7 @@ from PIL import Image
 
 from labeler.exceptions import InputError, VerifierError
 from labeler.verify.base import Completion, VerifierBase
+from labeler.verify.http_client import verifier_http_client
 from labeler.verify.identity import openai_base_url
 from labeler.verify.parse import yes_prob_from_logprob_positions
 from labeler.verify.render import encode_jpeg_data_url
@@ -104,12 +105,7 @@ class OpenAIVerifier(VerifierBase):
         self.base_url = base_url
         self._owns_http_client = http_client is None
         if http_client is None:
-            http_client = httpx.AsyncClient(
-                limits=httpx.Limits(
-                    max_connections=concurrency + 4, max_keepalive_connections=concurrency
-                ),
-                timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-            )
+            http_client = verifier_http_client(concurrency=concurrency, timeout_s=timeout_s)
         self._http_client = http_client
         self._client = _CountingAsyncOpenAI(
             on_retry=self._count_retry,
