@@ -176,7 +176,7 @@ def authenticate(db: Database, token: str) -> Principal | None:
     if not token.startswith(KEY_PREFIX) or "." not in token:
         return None
     key_id, secret = token[len(KEY_PREFIX) :].split(".", 1)
-    with db.read() as connection:
+    with db.read_once() as connection:
         row = connection.execute(_KEY_BY_ID, {"key_id": key_id}).first()
     if row is None or row.revoked_at is not None:
         return None

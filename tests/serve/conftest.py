@@ -106,6 +106,15 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
 
 
 @pytest.fixture
+def db(tmp_path: Path, database_url: str | None) -> Iterator[Database]:
+    """An empty service database (schema created) on SQLite or PostgreSQL."""
+    database = Database(database_url, data_dir=tmp_path)
+    database.create_schema()
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
 def vlm_server() -> Iterator[FakeVLMServer]:
     """A loopback OpenAI-compatible VLM that says yes to every crop that is mostly bright."""
     os.environ["OPENAI_API_KEY"] = "test-key"

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -22,14 +20,6 @@ from serve.queue import (
     retry_job,
     save_progress,
 )
-
-
-@pytest.fixture
-def db(tmp_path: Path, database_url: str | None) -> Iterator[Database]:
-    database = Database(database_url, data_dir=tmp_path)
-    database.create_schema()
-    yield database
-    database.dispose()
 
 
 def add_job(db: Database, job_id: str, *, created_at: float, max_attempts: int = 3) -> None:
