@@ -41,8 +41,11 @@ def print_report(report: dict[str, Any]) -> None:
     console.print(table)
     verifier = report["verifier"]
     timings = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in report["timings_s"].items())
+    # Files with the same content are one image to the pipeline and the dataset.
+    copies = images["labeled"] > images["unique"]
+    same_content = f" ({images['unique']} distinct: copies are labeled once)" if copies else ""
     console.print(
-        f"images: {images['total']} found, {images['labeled']} labeled, "
+        f"images: {images['total']} found, {images['labeled']} labeled{same_content}, "
         f"{len(images['failed'])} failed, {images['with_accepted_boxes']} with accepted boxes\n"
         f"verifier: {verifier['calls']} calls, {verifier['cache_hits']} cache hits, "
         f"{verifier['errors']} errors\n"

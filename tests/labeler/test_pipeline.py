@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -158,6 +159,24 @@ def test_full_run_report_dataset_and_failures(
     assert len(label_lines) == 12
     assert sorted({line.split()[0] for line in label_lines}) == ["0", "2"]
     assert json.loads((out / "review.json").read_text()) == []
+
+
+def test_copies_of_one_image_are_labeled_once(
+    images_dir: Path, tmp_path: Path, server: FakeVLMServer
+) -> None:
+    broken = {"broken.jpg", "notes.png", "empty.webp"}
+    first = sorted(p for p in images_dir.rglob("*") if p.is_file() and p.name not in broken)[0]
+    for name in ("copy-a", "copy-b"):
+        shutil.copyfile(first, images_dir / f"{name}{first.suffix}")
+
+    report = run_label(
+        make_config(images_dir, tmp_path / "out", server), detector=ScriptedDetector()
+    )
+
+    assert (report["images"]["total"], report["images"]["labeled"]) == (11, 8)
+    assert report["images"]["unique"] == 6
+    assert report["verifier"]["calls"] == 12  # as many as without the copies
+    assert sum(report["dataset"]["images"].values()) == 6
 
 
 def test_rerun_repeats_nothing(images_dir: Path, tmp_path: Path, server: FakeVLMServer) -> None:

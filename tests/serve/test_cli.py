@@ -78,3 +78,24 @@ def test_help_lists_commands() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
     assert "label" in result.stdout and "demo" in result.stdout
+
+
+def test_summary_says_when_files_are_copies_of_each_other(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from serve.cli import print_report
+
+    report = {
+        "images": {"total": 5, "labeled": 4, "unique": 3, "with_accepted_boxes": 2, "failed": []},
+        "per_class": {"cat": {"accepted": 2, "rejected": 0, "needs_review": 1}},
+        "labels": {"accepted": 2, "rejected": 0, "needs_review": 1},
+        "verifier": {"calls": 3, "cache_hits": 0, "errors": 0},
+        "timings_s": {"propose": 1.0},
+        "dataset": {"path": "out"},
+    }
+    print_report(report)
+    assert "4 labeled (3 distinct: copies are labeled once)" in capsys.readouterr().err
+
+    report["images"]["unique"] = 4
+    print_report(report)
+    assert "4 labeled, 0 failed" in capsys.readouterr().err
