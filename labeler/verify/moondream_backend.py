@@ -119,9 +119,7 @@ class MoondreamVerifier(VerifierBase):
                 delay = _retry_after_s(response)
                 if not (status in _RETRY_STATUSES or status >= 500) or attempt == self.max_retries:
                     error_type = VerifierRateLimited if status == 429 else VerifierError
-                    raise error_type(
-                        f"moondream answered HTTP {status}: {response.reason_phrase}"
-                    ) from None
+                    raise error_type(f"moondream answered HTTP {status}: {response.reason_phrase}")
             self.stats.retries += 1
             if delay is None:
                 delay = min(self.retry_base_delay_s * 2**attempt, _MAX_BACKOFF_S)
