@@ -131,6 +131,13 @@ def main() -> None:
     parser.add_argument(
         "--class-bias", type=float, default=-12.0, help="class-score bias: sets the NMS load"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="onnxruntime intra-op threads of ours, so also of (b) (default: one per core); "
+        "Ultralytics keeps its default",
+    )
     parser.add_argument("--tiny", action="store_true", help="smoke test of this script only")
     args = parser.parse_args()
     # Before Ultralytics is first imported: no network, no pip installs.
@@ -157,8 +164,8 @@ def main() -> None:
         images = write_images(folder / "images", args.images, (args.width, args.height))
         print(f"built and exported the model in {time.perf_counter() - start:.1f} s")
 
-        detector = load_runtime(static_path, conf=args.conf, iou=args.iou)
-        dynamic = load_runtime(dynamic_path, conf=args.conf, iou=args.iou)
+        detector = load_runtime(static_path, conf=args.conf, iou=args.iou, threads=args.threads)
+        dynamic = load_runtime(dynamic_path, conf=args.conf, iou=args.iou, threads=args.threads)
         ultralytics_model = YOLO(str(static_path), task="detect")
         ultralytics_dynamic = YOLO(str(dynamic_path), task="detect")
         arrays = []
@@ -216,8 +223,9 @@ def main() -> None:
         f"boxes over conf before NMS per image: median {statistics.median(candidates):.0f} "
         f"(max {max(candidates)}), kept after NMS: median {statistics.median(boxes):.0f}; "
         f"{args.repeats} repeat(s), median; onnxruntime {ort.__version__} "
-        f"({', '.join(detector.session.get_providers())}), torch {torch.__version__}, "
-        f"{os.cpu_count()} CPUs"
+        f"({', '.join(detector.session.get_providers())}), "
+        f"{args.threads or 'default'} intra-op threads for ours and (b), "
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs"
     )
     print()
     print("| method | wall ms / image | / (a) | CPU ms / image | / (a) |")
