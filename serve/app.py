@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -31,6 +32,12 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 JSON_BODY_LIMIT = 1024 * 1024  # JSON bodies are small; only uploads may be large
+# The routes that take files (image uploads and zips, an image to predict on): only they get the
+# upload limit. Chosen by path, not by the client's Content-Type, which the client controls.
+UPLOAD_PATHS = re.compile(r"/v1/projects/[^/]+/(images|predict)")
+# Request methods the metrics name; any other (clients may send anything) counts as OTHER, so
+# that made-up methods cannot grow the metrics without bound.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class BodyLimit:
@@ -46,8 +53,8 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        content_type = headers.get(b"content-type", b"").decode("latin-1")
-        limit = self.upload_limit if content_type.startswith("multipart/") else self.json_limit
+        uploads = UPLOAD_PATHS.fullmatch(scope["path"]) is not None
+        limit = self.upload_limit if uploads else self.json_limit
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _too_large(limit, send)
@@ -147,7 +154,7 @@ class Observe:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            method = scope["method"]
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
             HTTP_REQUESTS.labels(method, path, str(status)).inc()
             HTTP_SECONDS.labels(method, path).observe(time.perf_counter() - started)
 

@@ -160,6 +160,34 @@ def test_streamed_body_over_the_limit_is_413(service: Service) -> None:
     assert response.status_code == 413
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "multipart/form-data; boundary=x"])
+def test_json_routes_keep_their_limit_whatever_the_content_type_says(
+    service: Service, content_type: str
+) -> None:
+    # The upload limit is for the upload routes; claiming multipart elsewhere must not buy 512 MiB.
+    body = b'{"image_ids": ["' + b"x" * (2 * 1024 * 1024) + b'"]}'
+    response = service.client.post(
+        service.url("/label-jobs"),
+        headers={**service.headers, "Content-Type": content_type},
+        content=body,
+    )
+    assert response.status_code == 413
+    assert "1048576-byte limit" in response.json()["detail"]
+
+
+def test_made_up_methods_count_as_one_metrics_label(service: Service) -> None:
+    from prometheus_client import REGISTRY
+
+    other = {"method": "OTHER", "route": "/healthz", "status": "405"}
+    before = REGISTRY.get_sample_value("promptlabel_http_requests_total", other) or 0.0
+    for i in range(3):
+        assert service.client.request(f"BREW{i}", "/healthz").status_code == 405
+
+    metrics = service.client.get("/metrics", headers=service.headers).text
+    assert "BREW" not in metrics
+    assert REGISTRY.get_sample_value("promptlabel_http_requests_total", other) == before + 3
+
+
 @pytest.fixture
 def small_upload_limit(service: Service) -> Service:
     """The app with a 1 MiB upload limit (the middleware reads the limit at startup)."""
