@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -114,6 +115,17 @@ def _error_response(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status_code=status)
 
 
+def _value_refused(request: Request, error: Exception) -> JSONResponse:
+    # The database refused a value of the request for its column type (PostgreSQL: a NUL
+    # character in text, a number out of range): the request's fault, not a server error.
+    reason = str(getattr(error, "orig", error)).strip().splitlines()[0][:200]
+    log.warning("%s %s: the database refused a value: %s", request.method, request.url.path, reason)
+    return JSONResponse(
+        {"detail": f"a value in the request cannot be stored or looked up: {reason}"},
+        status_code=422,
+    )
+
+
 class Observe:
     """Request metrics per route, a request id for logs and the ``X-Request-ID`` header, and
     ``Server-Timing: app;dur=<ms>`` (the time inside the app until the response starts), so a
@@ -197,6 +209,7 @@ def create_app(settings: Settings, *, db: Database | None = None, workers: int =
     for router in (health, projects, images, jobs, models):
         app.include_router(router.router)
     app.add_exception_handler(PromptlabelError, _error_response)
+    app.add_exception_handler(sa.exc.DataError, _value_refused)
     app.add_middleware(BodyLimit, upload_limit=settings.max_upload_bytes)
 
     app.add_middleware(Observe)

@@ -175,6 +175,19 @@ def test_json_routes_keep_their_limit_whatever_the_content_type_says(
     assert "1048576-byte limit" in response.json()["detail"]
 
 
+def test_nul_characters_in_ids_and_names_are_client_errors(service: Service) -> None:
+    # PostgreSQL refuses NUL in text (psycopg raises DataError); that must not become a 500.
+    for path in ("/jobs/a%00b", "/jobs/a%00b/results", "/images/a%00b"):
+        response = service.client.get(service.url(path), headers=service.headers)
+        assert response.status_code in (404, 422), (path, response.status_code, response.text)
+    submit = service.client.post(
+        service.url("/label-jobs"), headers=service.headers, json={"image_ids": ["a\u0000b"]}
+    )
+    assert submit.status_code in (404, 422), submit.text
+    upload = post_files(service, [("a\x00b.png", png_bytes(7))])
+    assert upload.status_code < 500, upload.text
+
+
 def test_made_up_methods_count_as_one_metrics_label(service: Service) -> None:
     from prometheus_client import REGISTRY
 
