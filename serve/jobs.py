@@ -219,7 +219,9 @@ def submit_label_job(
         raise InputError("image_ids: no images to label; upload some first")
     if request.image_ids is not None:
         get_images(db, project_id=project_id, image_ids=image_ids)
-    params = request.model_dump(mode="json") | {"image_count": len(image_ids)}
+    # The ontology as it is now: a later PUT /ontology must not change a queued job, nor a job
+    # that a worker resumes after another died.
+    params = request.model_dump(mode="json") | {"image_count": len(image_ids), "ontology": ontology}
     params.pop("image_ids")
     return _insert_job(
         db,

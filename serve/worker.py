@@ -239,13 +239,15 @@ def run_label_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection
 
     settings = ctx.settings
     params = LabelJobCreate.model_validate(
-        {k: v for k, v in ctx.job.params.items() if k != "image_count"}
+        {k: v for k, v in ctx.job.params.items() if k not in ("image_count", "ontology")}
     )
-    with ctx.db.read() as connection:
-        ontology_json = connection.execute(
-            sa.select(projects.c.ontology).where(projects.c.id == ctx.job.project_id)
-        ).scalar_one()
-    ontology = ontology_from_json(ontology_json, source=f"project {ctx.job.project_id} ontology")
+    ontology_json = ctx.job.params.get("ontology")
+    if ontology_json is None:  # queued before jobs kept the ontology they were submitted with
+        with ctx.db.read() as connection:
+            ontology_json = connection.execute(
+                sa.select(projects.c.ontology).where(projects.c.id == ctx.job.project_id)
+            ).scalar_one()
+    ontology = ontology_from_json(ontology_json, source=f"job {ctx.job.id} ontology")
     rows = _job_images(ctx)
     folder = job_dir(settings.data_dir, ctx.job.id)
     by_stem = _materialize(rows, settings.data_dir, folder / "images")

@@ -87,6 +87,26 @@ def test_label_job_end_to_end(service: Service) -> None:
     assert not any(n.startswith("labels/") for n in contents["coco"])
 
 
+def test_a_job_labels_with_the_ontology_it_was_submitted_with(service: Service) -> None:
+    upload(service, ("a.png", png_bytes(1)))
+    job = submit(service).json()
+    assert [c["name"] for c in job["params"]["ontology"]["classes"]] == ["shape"]
+    changed = service.client.put(
+        service.url("/ontology"),
+        headers=service.headers,
+        json={"classes": {"blob": "a blob"}},
+    )
+    assert changed.status_code == 200, changed.text
+
+    service.run_jobs()
+
+    page = service.client.get(
+        service.url(f"/jobs/{job['id']}/results"), headers=service.headers
+    ).json()
+    classes = {label["class"] for item in page["items"] for label in item["labels"]}
+    assert classes == {"shape"}
+
+
 def _zip_files(content: bytes) -> dict[str, bytes]:
     archive = zipfile.ZipFile(io.BytesIO(content))
     return {name: archive.read(name) for name in archive.namelist()}
