@@ -297,8 +297,12 @@ def cancel_job(db: Database, *, project_id: str, job_id: str) -> JobRecord:
     """
     now = time.time()
     with db.write() as connection:
+        # Locked (PostgreSQL; SQLite's write transaction is exclusive anyway), so that no worker
+        # claims or finishes the job between this read and the update below.
         row = connection.execute(
-            sa.select(jobs.c.status).where(jobs.c.id == job_id, jobs.c.project_id == project_id)
+            sa.select(jobs.c.status)
+            .where(jobs.c.id == job_id, jobs.c.project_id == project_id)
+            .with_for_update()
         ).first()
         if row is None:
             raise NotFoundError(f"no job {job_id!r} in this project")
@@ -307,7 +311,7 @@ def cancel_job(db: Database, *, project_id: str, job_id: str) -> JobRecord:
         if row.status == JobStatus.QUEUED:
             connection.execute(
                 sa.update(jobs)
-                .where(jobs.c.id == job_id)
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value)
                 .values(
                     status=JobStatus.CANCELLED.value,
                     cancel_requested=True,
@@ -318,7 +322,7 @@ def cancel_job(db: Database, *, project_id: str, job_id: str) -> JobRecord:
         elif row.status == JobStatus.RUNNING:
             connection.execute(
                 sa.update(jobs)
-                .where(jobs.c.id == job_id)
+                .where(jobs.c.id == job_id, jobs.c.status == JobStatus.RUNNING.value)
                 .values(cancel_requested=True, updated_at=now)
             )
     return get_job(db, project_id=project_id, job_id=job_id)

@@ -169,3 +169,35 @@ def test_project_names_are_unique(db: Database) -> None:
     create_project(db, name="one")
     with pytest.raises(InputError, match="already exists"):
         create_project(db, name="one")
+
+
+def test_a_worker_cannot_claim_a_job_while_cancel_decides(
+    db: Database, database_url: str | None
+) -> None:
+    if database_url is None:
+        pytest.skip("SQLite's write transactions already run one at a time")
+    from serve.jobs import cancel_job
+
+    add_job(db, "j", created_at=1)
+    claims: list[object] = []
+
+    def claim_between_read_and_write(conn, cursor, statement, *args) -> None:  # type: ignore[no-untyped-def]
+        # Right after cancel_job has read the job's status, a worker on another connection tries.
+        if statement.lstrip().startswith("SELECT jobs.status") and not claims:
+            worker = threading.Thread(
+                target=lambda: claims.append(claim_job(db, owner="w", lease_s=30))
+            )
+            worker.start()
+            worker.join(timeout=30)
+            assert not worker.is_alive(), "the claim should skip a locked job, not wait"
+
+    sa.event.listen(db.engine, "after_cursor_execute", claim_between_read_and_write)
+    try:
+        cancelled = cancel_job(db, project_id="prj", job_id="j")
+    finally:
+        sa.event.remove(db.engine, "after_cursor_execute", claim_between_read_and_write)
+
+    assert claims == [None]  # the locked job was skipped
+    assert cancelled.status == "cancelled"
+    row = status_of(db, "j")
+    assert (row.status, row.lease_owner, row.attempts) == ("cancelled", None, 0)
