@@ -3,6 +3,7 @@ jobs both run, so a model registered either way carries the same evidence."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,19 @@ def train_and_register(
     seed: int = 0,
     progress: ProgressCallback | None = None,
     plots: bool = True,
+    prepare_artifacts: Callable[[TrainResult], Mapping[str, Path]] | None = None,
+    job_id: str | None = None,
 ) -> RegisteredRun:
     """Train on ``dataset_dir``, score the best checkpoint on its val split, and register it.
 
     The new version records the production version (if any) as its parent, the training curves
     as artifacts, and the val metrics that a later ``promote`` compares against. An interrupted
-    run is not registered. Errors are those of ``train``, ``evaluation_metrics`` and ``Registry``.
+    run is not registered. ``prepare_artifacts`` makes further artifacts (kind -> file, e.g. an
+    ONNX export) before anything is registered, so a run that fails or is cancelled there leaves
+    no version behind. With ``job_id`` (recorded in the config) a second call for the same job
+    (a retry after the registration) returns the version the first one registered instead of
+    adding another. Errors are those of ``train``, ``evaluation_metrics``, ``prepare_artifacts``
+    and ``Registry``.
     """
     result = train(
         dataset_dir,
@@ -61,20 +69,25 @@ def train_and_register(
     metrics = evaluation_metrics(
         result.best, EvalSet(data=dataset_dir, split="val"), imgsz=imgsz, device=device
     )
+    artifacts = {"results_csv": result.results_csv, "results_png": result.results_png}
+    artifacts |= dict(prepare_artifacts(result)) if prepare_artifacts else {}
     with Registry(registry_dir) as registry:
-        production = registry.production()
-        version = registry.register(
-            weights=result.best,
-            metrics=metrics,
-            dataset_hash=metrics.get("label_hash"),
-            config=result.config,
-            parent=production.version if production else None,
-        )
-        for path, kind in (
-            (result.results_csv, "results_csv"),
-            (result.results_png, "results_png"),
-        ):
-            if path.exists():
+        earlier = None
+        if job_id is not None:
+            earlier = next((v for v in registry.list() if v.config.get("job_id") == job_id), None)
+        if earlier is None:
+            production = registry.production()
+            version = registry.register(
+                weights=result.best,
+                metrics=metrics,
+                dataset_hash=metrics.get("label_hash"),
+                config={**result.config, **({"job_id": job_id} if job_id else {})},
+                parent=production.version if production else None,
+            )
+        else:
+            version, metrics = earlier, earlier.metrics
+        for kind, path in artifacts.items():
+            if kind not in version.artifacts and path.exists():
                 registry.add_artifact(version.version, path, kind=kind)
         version = registry.get(version.version)
     return RegisteredRun(train=result, version=version, metrics=metrics)

@@ -174,6 +174,12 @@ class JobProgress:
         self.state.update(values)
         self._store()
 
+    def checkpoint(self) -> None:
+        """Store progress now and stop the job here if a cancel came in meanwhile (before a step
+        that cannot be taken back, such as registering a model)."""
+        self._store(force=True)
+        self._lease.check()
+
     def _store(self, *, force: bool = False) -> None:
         self._lease.check()
         total = self.state["total"]
@@ -330,10 +336,11 @@ _LABEL_STATUSES = ("accepted", "rejected", "needs_review")
 
 
 def run_train_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection], None]]:
-    """Train a student on a labeling job's dataset, register it and export it to ONNX."""
+    """Train a student on a labeling job's dataset, export it to ONNX, then register both: a run
+    that fails or is cancelled before the end leaves no version in the registry."""
     from distill.export import export_model
-    from distill.registry import Registry
     from distill.runs import train_and_register
+    from distill.train import TrainResult
 
     settings = ctx.settings
     params = TrainJobCreate.model_validate(ctx.job.params)
@@ -347,10 +354,18 @@ def run_train_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection
             done=epoch, total=epochs, last_metrics=metrics, fraction_override=0.9 * epoch / epochs
         )
 
-    registry = registry_dir(settings.data_dir, ctx.job.project_id)
+    def export_onnx(result: TrainResult) -> dict[str, Path]:
+        ctx.progress.start("export", 1)  # a cancel is noticed here, before anything is registered
+        exported = export_model(
+            result.best, format="onnx", imgsz=params.imgsz, device=settings.service_device
+        )
+        ctx.progress.advance("export")
+        ctx.progress.checkpoint()  # the last chance: next, the version is registered
+        return {"onnx": exported.path}
+
     run = train_and_register(
         dataset_dir(settings.data_dir, params.label_job_id),
-        registry_dir=registry,
+        registry_dir=registry_dir(settings.data_dir, ctx.job.project_id),
         out_dir=run_dir,
         base=settings.service_train_bases[params.base],
         epochs=params.epochs,
@@ -361,16 +376,11 @@ def run_train_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection
         seed=params.seed,
         progress=on_epoch,
         plots=False,
+        prepare_artifacts=export_onnx,
+        job_id=ctx.job.id,
     )
     if run.version is None:
         raise JobCancelled()
-    ctx.progress.start("export", 1)
-    exported = export_model(
-        run.version.weights, format="onnx", imgsz=params.imgsz, device=settings.service_device
-    )
-    with Registry(registry) as opened:
-        opened.add_artifact(run.version.version, exported.path, kind="onnx")
-    ctx.progress.advance("export")
     metrics = {k: v for k, v in run.metrics.items() if k not in {"data"}}
     return {"model_version": run.version.version, "metrics": metrics}, lambda _: None
 

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from labeler.exceptions import InputError
 from serve.runtime import load_runtime
 from tests.serve.conftest import Service, png_bytes
 
@@ -107,3 +108,51 @@ def test_train_register_promote_download_predict(service: Service) -> None:
     )
     assert bad.status_code == 422
     assert "not_an_image" in bad.json()["detail"]
+
+
+@pytest.mark.slow
+def test_a_training_job_that_fails_or_is_cancelled_registers_nothing(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import distill.export
+
+    service.settings.service_train_bases = {"yolo11n": "yolo11n.yaml"}
+    _post_images(service, 8)
+    label = service.client.post(
+        service.url("/label-jobs"),
+        headers=service.headers,
+        json={"box_threshold": 0, "text_threshold": 0, "max_det": 2, "val_fraction": 0.5},
+    ).json()
+    service.run_jobs()
+    body = {"label_job_id": label["id"], "epochs": 1, "imgsz": 64, "batch": 4}
+
+    def train_job() -> dict:  # type: ignore[type-arg]
+        job = service.client.post(service.url("/train-jobs"), headers=service.headers, json=body)
+        assert job.status_code == 201, job.text
+        service.run_jobs()
+        return service.client.get(  # type: ignore[no-any-return]
+            service.url(f"/jobs/{job.json()['id']}"), headers=service.headers
+        ).json()
+
+    real_export = distill.export.export_model
+
+    def failing_export(*args: object, **kwargs: object) -> None:
+        raise InputError("the exporter broke")
+
+    monkeypatch.setattr(distill.export, "export_model", failing_export)
+    failed = train_job()
+    assert failed["status"] == "failed" and "the exporter broke" in failed["error"]
+
+    def cancel_then_export(*args: object, **kwargs: object) -> object:
+        (running,) = [
+            j
+            for j in service.client.get(service.url("/jobs"), headers=service.headers).json()
+            if j["status"] == "running"
+        ]
+        service.client.post(service.url(f"/jobs/{running['id']}/cancel"), headers=service.headers)
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(distill.export, "export_model", cancel_then_export)
+    assert train_job()["status"] == "cancelled"
+
+    assert service.client.get(service.url("/models"), headers=service.headers).json() == []
