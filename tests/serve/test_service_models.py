@@ -23,22 +23,29 @@ def _post_images(service: Service, n: int) -> None:
     assert response.status_code == 201, response.text
 
 
-@pytest.mark.slow
-def test_train_register_promote_download_predict(service: Service) -> None:
+def _submit_labeling_to_train_on(service: Service) -> str:
+    """Eight images and a labeling job over them (not run yet), with yolo11n.yaml to train."""
     service.settings.service_train_bases = {"yolo11n": "yolo11n.yaml"}
     _post_images(service, 8)
     label = service.client.post(
         service.url("/label-jobs"),
         headers=service.headers,
         json={"box_threshold": 0, "text_threshold": 0, "max_det": 2, "val_fraction": 0.5},
-    ).json()
+    )
+    assert label.status_code == 201, label.text
+    return str(label.json()["id"])
+
+
+@pytest.mark.slow
+def test_train_register_promote_download_predict(service: Service) -> None:
+    label_job_id = _submit_labeling_to_train_on(service)
     early = service.client.post(
-        service.url("/train-jobs"), headers=service.headers, json={"label_job_id": label["id"]}
+        service.url("/train-jobs"), headers=service.headers, json={"label_job_id": label_job_id}
     )
     assert early.status_code == 409  # the labeling job has not run yet
     service.run_jobs()
 
-    body = {"label_job_id": label["id"], "epochs": 1, "imgsz": 64, "batch": 4}
+    body = {"label_job_id": label_job_id, "epochs": 1, "imgsz": 64, "batch": 4}
     train = service.client.post(service.url("/train-jobs"), headers=service.headers, json=body)
     assert train.status_code == 201, train.text
     service.run_jobs()
@@ -116,15 +123,9 @@ def test_a_training_job_that_fails_or_is_cancelled_registers_nothing(
 ) -> None:
     import distill.export
 
-    service.settings.service_train_bases = {"yolo11n": "yolo11n.yaml"}
-    _post_images(service, 8)
-    label = service.client.post(
-        service.url("/label-jobs"),
-        headers=service.headers,
-        json={"box_threshold": 0, "text_threshold": 0, "max_det": 2, "val_fraction": 0.5},
-    ).json()
+    label_job_id = _submit_labeling_to_train_on(service)
     service.run_jobs()
-    body = {"label_job_id": label["id"], "epochs": 1, "imgsz": 64, "batch": 4}
+    body = {"label_job_id": label_job_id, "epochs": 1, "imgsz": 64, "batch": 4}
 
     def train_job() -> dict:  # type: ignore[type-arg]
         job = service.client.post(service.url("/train-jobs"), headers=service.headers, json=body)
