@@ -232,7 +232,11 @@ def _materialize(rows: list[Any], data_dir: Path, images_dir: Path) -> dict[str,
         try:
             os.link(source, target)
         except OSError:  # another filesystem, or links not allowed: copy
-            shutil.copyfile(source, target)
+            # Under a temporary name first: a copy cut short by a crash must not be taken for
+            # the image by the retry, which keeps any target that exists.
+            partial = target.with_name(f".{target.name}.partial")
+            shutil.copyfile(source, partial)
+            os.replace(partial, target)
     return by_stem
 
 
