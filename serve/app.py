@@ -197,6 +197,8 @@ def create_app(settings: Settings, *, db: Database | None = None, workers: int =
             stop.set()
             for thread in threads:
                 thread.join(timeout=30)
+            if db is None:  # the app made the engine, so it closes its pooled connections
+                database.dispose()
 
     app = FastAPI(
         title="promptlabel",

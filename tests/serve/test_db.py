@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
+from fastapi.testclient import TestClient
 
+from labeler.settings import Settings
+from serve.app import create_app
 from serve.db import Database, projects
 
 
@@ -25,3 +28,13 @@ def test_a_lookup_outside_a_transaction_leaves_later_transactions_intact(db: Dat
         connection.execute(projects.insert().values(**row))
     with db.read_once() as connection:
         assert connection.execute(sa.select(projects.c.name)).scalar_one() == "x"
+
+
+def test_the_app_closes_the_connections_of_the_database_it_opened(
+    service_settings: Settings,
+) -> None:
+    app = create_app(service_settings)
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200
+        assert app.state.db.engine.pool.checkedin() >= 1  # kept for the next request
+    assert app.state.db.engine.pool.checkedin() == 0
