@@ -35,6 +35,7 @@ import numpy.typing as npt
 
 from distill.ultralytics_env import import_ultralytics, load_yolo, quiet_ultralytics
 from labeler.exceptions import InputError, ModelLoadError
+from labeler.files import copy_atomically
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -218,11 +219,7 @@ def export_model(
             ) from exc
         if not exported or not Path(exported).is_file():
             raise ModelLoadError(f"{weights}: export to {format} wrote no file")
-        output.parent.mkdir(parents=True, exist_ok=True)
-        # Copy then rename: a half-written file never appears at `output`.
-        partial = output.with_name(f".{output.name}.partial")
-        shutil.copyfile(exported, partial)
-        partial.replace(output)
+        copy_atomically(Path(exported), output)
     logger.info("exported %s to %s", weights, output)
 
     if not verify:

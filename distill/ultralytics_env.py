@@ -27,15 +27,14 @@ import contextlib
 import functools
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from labeler.exceptions import InputError, ModelLoadError
+from labeler.files import copy_atomically
 
 __all__ = [
     "ENV_DEFAULTS",
@@ -78,26 +77,12 @@ def ensure_fonts() -> list[Path]:
         target = Path(USER_CONFIG_DIR) / name
         if not target.is_file():
             try:
-                _copy_atomically(source, target)
+                copy_atomically(source, target)
             except OSError as exc:
                 logger.debug("cannot place %s for Ultralytics: %s", target, exc)
                 continue
         fonts.append(target)
     return fonts
-
-
-def _copy_atomically(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial_name = tempfile.mkstemp(
-        dir=target.parent, prefix=f".{target.name}.", suffix=".part"
-    )
-    os.close(handle)
-    partial = Path(partial_name)
-    try:
-        shutil.copyfile(source, partial)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 @functools.cache

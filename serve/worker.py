@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection
 
 from labeler.detector_options import DetectorOptions
 from labeler.exceptions import PromptlabelError
+from labeler.files import copy_atomically
 from labeler.settings import Settings
 from serve.db import Database, images, job_images, projects
 from serve.images_store import blob_path
@@ -232,11 +233,8 @@ def _materialize(rows: list[Any], data_dir: Path, images_dir: Path) -> dict[str,
         try:
             os.link(source, target)
         except OSError:  # another filesystem, or links not allowed: copy
-            # Under a temporary name first: a copy cut short by a crash must not be taken for
-            # the image by the retry, which keeps any target that exists.
-            partial = target.with_name(f".{target.name}.partial")
-            shutil.copyfile(source, partial)
-            os.replace(partial, target)
+            # Atomically: the retry keeps any target that exists, so it must never be half a copy.
+            copy_atomically(source, target)
     return by_stem
 
 
