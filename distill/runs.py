@@ -36,6 +36,7 @@ def train_and_register(
     patience: int = 50,
     seed: int = 0,
     progress: ProgressCallback | None = None,
+    stop_check: Callable[[], None] | None = None,
     plots: bool = True,
     prepare_artifacts: Callable[[TrainResult], Mapping[str, Path]] | None = None,
     job_id: str | None = None,
@@ -62,6 +63,7 @@ def train_and_register(
         seed=seed,
         out_dir=out_dir,
         progress=progress,
+        stop_check=stop_check,
         plots=plots,
     )
     if result.interrupted:

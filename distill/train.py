@@ -282,6 +282,7 @@ def train(
     out_dir: str | Path | None = None,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
+    stop_check: Callable[[], None] | None = None,
     plots: bool = True,
 ) -> TrainResult:
     """Train a YOLO student on ``dataset_dir`` and return where its checkpoints and curves are.
@@ -291,7 +292,9 @@ def train(
     processes (None: Ultralytics' default, at most 8 and no more than the CPU cores). ``seed`` makes
     runs repeatable (Ultralytics' deterministic mode). ``plots=False`` skips Ultralytics' label,
     batch and PR-curve images; results.png is drawn either way. ``progress`` is called after every
-    epoch (see ``ProgressCallback``); Ultralytics' own console output is silenced.
+    epoch (see ``ProgressCallback``); Ultralytics' own console output is silenced. ``stop_check``
+    is called after every training batch: an exception it raises ends training there (dataloader
+    workers closed, no result) and propagates, which stops a run within a batch, not an epoch.
 
     Raises InputError for a bad dataset or option, ModelLoadError when ``base`` cannot be loaded.
     """
@@ -344,6 +347,8 @@ def train(
 
     reporter = _EpochReporter(progress)
     model.add_callback("on_fit_epoch_end", reporter.on_fit_epoch_end)
+    if stop_check is not None:
+        model.add_callback("on_train_batch_end", lambda _trainer: stop_check())
     weights = run_dir / "weights"
     best, last = weights / "best.pt", weights / "last.pt"
     results_csv = run_dir / "results.csv"
@@ -362,6 +367,9 @@ def train(
         last = usable[0]
         best = best if best in usable else last
         logger.warning("training interrupted; the last checkpoint is %s", last)
+    except BaseException:
+        _close_loaders(getattr(model, "trainer", None))
+        raise
 
     if interrupted:
         metrics = dict(reporter.last_metrics)

@@ -194,9 +194,15 @@ def create_app(settings: Settings, *, db: Database | None = None, workers: int =
         try:
             yield
         finally:
-            stop.set()
+            stop.set()  # each worker gives its running job back at its next unit of work
+            deadline = time.monotonic() + 30
             for thread in threads:
-                thread.join(timeout=30)
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+                if thread.is_alive():
+                    log.warning(
+                        "%s did not stop within 30 s; its job is taken over once its lease expires",
+                        thread.name,
+                    )
             if db is None:  # the app made the engine, so it closes its pooled connections
                 database.dispose()
 

@@ -29,6 +29,7 @@ __all__ = [
     "LeaseLost",
     "claim_job",
     "finish_job",
+    "release_job",
     "renew_lease",
     "retry_job",
     "save_progress",
@@ -285,3 +286,29 @@ def retry_job(db: Database, job: ClaimedJob, *, error: str, delay_s: float) -> b
             )
         )
     return True
+
+
+def release_job(db: Database, job: ClaimedJob) -> None:
+    """Give the job back to the queue, runnable at once, without using up an attempt: its worker
+    is shutting down (SIGTERM, a deploy), which says nothing about the job. What the run
+    committed stays, so the next run resumes as after a take-over.
+
+    Raises LeaseLost when the job is no longer this worker's.
+    """
+    now = time.time()
+    with db.write() as connection:
+        updated = connection.execute(
+            sa.update(jobs)
+            .where(_owned(job))
+            .values(
+                status=JobStatus.QUEUED.value,
+                attempts=jobs.c.attempts - 1,
+                run_after=now,
+                updated_at=now,
+                lease_owner=None,
+                lease_token=None,
+                lease_expires_at=None,
+            )
+        )
+        if updated.rowcount == 0:
+            raise LeaseLost(job.id)

@@ -38,6 +38,7 @@ from serve.queue import (
     LeaseLost,
     claim_job,
     finish_job,
+    release_job,
     renew_lease,
     retry_job,
     save_progress,
@@ -54,6 +55,7 @@ __all__ = [
     "JobContext",
     "ModelCache",
     "Worker",
+    "WorkerStopping",
     "registry_dir",
     "run_label_job",
     "run_train_job",
@@ -64,6 +66,10 @@ log = logging.getLogger(__name__)
 
 class JobCancelled(Exception):
     """The job's cancel was requested; raised inside the job to stop it."""
+
+
+class WorkerStopping(Exception):
+    """The worker is shutting down; raised inside the job to stop it and give it back."""
 
 
 def registry_dir(data_dir: Path, project_id: str) -> Path:
@@ -113,12 +119,15 @@ class _Lease:
 
     lost: threading.Event = field(default_factory=threading.Event)
     cancel: threading.Event = field(default_factory=threading.Event)
+    stopping: threading.Event = field(default_factory=threading.Event)  # the worker's stop
 
     def check(self) -> None:
         if self.lost.is_set():
             raise LeaseLost("lease lost")
         if self.cancel.is_set():
             raise JobCancelled()
+        if self.stopping.is_set():
+            raise WorkerStopping()
 
 
 @dataclass
@@ -377,6 +386,9 @@ def run_train_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection
         patience=params.patience,
         seed=params.seed,
         progress=on_epoch,
+        # After each batch: a throttled progress write, which learns of a cancel, and the check
+        # that stops training there on a cancel, a lost lease or the worker's shutdown.
+        stop_check=ctx.progress.update,
         plots=False,
         prepare_artifacts=export_onnx,
         job_id=ctx.job.id,
@@ -415,10 +427,12 @@ class Worker:
         self.models = models or ModelCache()
 
     def run(self, stop: threading.Event) -> None:
+        """Run jobs until ``stop`` is set. A job running then stops at its next unit of work (as
+        for a cancel) and goes back to the queue without using up an attempt."""
         log.info("worker %s started", self.name)
         while not stop.is_set():
             try:
-                ran = self.run_once()
+                ran = self.run_once(stop)
             except Exception:
                 log.exception("worker %s: unexpected error; going on", self.name)
                 ran = False
@@ -426,13 +440,14 @@ class Worker:
                 stop.wait(self.settings.poll_interval_s)
         log.info("worker %s stopped", self.name)
 
-    def run_once(self) -> bool:
-        """Run the next job, if any; returns whether one was run."""
+    def run_once(self, stop: threading.Event | None = None) -> bool:
+        """Run the next job, if any; returns whether one was run. Setting ``stop`` meanwhile
+        gives the job back to the queue (see ``run``)."""
         job = claim_job(self.db, owner=self.name, lease_s=self.settings.lease_s, kinds=self.kinds)
         if job is None:
             return False
         with job_log_context(job_id=job.id, job_kind=job.kind.value, attempt=job.attempt):
-            self._execute(job)
+            self._execute(job, _Lease(stopping=stop or threading.Event()))
         return True
 
     def _heartbeat(self, job: ClaimedJob, lease: _Lease, done: threading.Event) -> None:
@@ -449,8 +464,7 @@ class Worker:
             if state.cancel_requested:
                 lease.cancel.set()
 
-    def _execute(self, job: ClaimedJob) -> None:
-        lease = _Lease()
+    def _execute(self, job: ClaimedJob, lease: _Lease) -> None:
         progress = JobProgress(self.db, job, lease)
         ctx = JobContext(job, self.db, self.settings, self.models, lease, progress)
         done = threading.Event()
@@ -472,6 +486,12 @@ class Worker:
             )
         except JobCancelled:
             self._finish(job, JobStatus.CANCELLED, error="cancelled on request")
+        except WorkerStopping:
+            try:
+                release_job(self.db, job)
+                log.info("worker stopping: job given back to the queue")
+            except LeaseLost:
+                log.warning("job lost its lease while being given back; its new owner has it")
         except LeaseLost:
             log.warning("job lost its lease (another worker took it over); dropped")
         except PromptlabelError as error:

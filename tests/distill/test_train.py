@@ -110,6 +110,35 @@ def test_ctrl_c_leaves_a_loadable_checkpoint_and_the_same_seed_repeats_the_run(
     assert interrupted_row == first_row
 
 
+class _StopNow(Exception):
+    pass
+
+
+def test_stop_check_ends_training_within_a_batch_and_propagates(
+    shapes_dataset: ShapesDataset, tmp_path: Path
+) -> None:
+    batches_seen: list[int] = []
+    epochs_reported: list[int] = []
+
+    def stop_at_second_batch() -> None:
+        batches_seen.append(len(batches_seen) + 1)
+        if len(batches_seen) == 2:
+            raise _StopNow
+
+    with pytest.raises(_StopNow):
+        train(
+            shapes_dataset.path,
+            epochs=STUDENT_EPOCHS,
+            out_dir=tmp_path / "run",
+            progress=lambda epoch, epochs, metrics: epochs_reported.append(epoch),
+            stop_check=stop_at_second_batch,
+            **{**TRAIN_OPTIONS, "batch": 4},  # several batches per epoch
+        )
+    assert batches_seen == [1, 2]  # no batch ran after the one that said stop
+    assert epochs_reported == []  # the first epoch never ended
+    assert not (tmp_path / "run" / RUN_FILE).exists()  # no result for a run that was stopped
+
+
 def test_a_segmentation_dataset_trains_the_seg_variant(tmp_path: Path) -> None:
     dataset = make_shapes_dataset(tmp_path, n=8).path
     # Every box becomes a diamond inside it: a polygon dataset.

@@ -16,6 +16,7 @@ from serve.queue import (
     LeaseLost,
     claim_job,
     finish_job,
+    release_job,
     renew_lease,
     retry_job,
     save_progress,
@@ -139,6 +140,42 @@ def test_retry_backs_off_then_gives_up(db: Database) -> None:
     assert retry_job(db, again, error="boom again", delay_s=60) is False
     row = status_of(db, "a")
     assert row.status == "failed" and "boom again" in row.error
+
+
+def test_a_released_job_runs_again_at_once_without_using_an_attempt(db: Database) -> None:
+    add_job(db, "a", created_at=1, max_attempts=2)
+    for _ in range(3):  # more shutdowns than max_attempts: none of them counts
+        job = claim_job(db, owner="stopping", lease_s=30)
+        assert job is not None and job.attempt == 1
+        save_progress(db, job, {"stage": "verify", "done": 5})
+        release_job(db, job)
+        row = status_of(db, "a")
+        assert (row.status, row.attempts, row.lease_token, row.lease_owner) == (
+            "queued",
+            0,
+            None,
+            None,
+        )
+        assert row.progress == {"stage": "verify", "done": 5}  # kept for the next run to show
+        with pytest.raises(LeaseLost):  # the lease is gone: the old run can change nothing
+            save_progress(db, job, {"stage": "stale"})
+    final = claim_job(db, owner="w", lease_s=30)
+    assert final is not None and final.attempt == 1
+    finish_job(db, final, status=JobStatus.SUCCEEDED)
+    assert status_of(db, "a").status == "succeeded"
+
+
+def test_a_job_taken_over_cannot_be_released_by_its_old_owner(db: Database) -> None:
+    add_job(db, "a", created_at=1)
+    old = claim_job(db, owner="stalled", lease_s=0.05)
+    assert old is not None
+    time.sleep(0.1)
+    new = claim_job(db, owner="w2", lease_s=30)
+    assert new is not None
+    with pytest.raises(LeaseLost):
+        release_job(db, old)
+    row = status_of(db, "a")
+    assert (row.status, row.attempts, row.lease_owner) == ("running", 2, "w2")
 
 
 def test_a_cancelled_queued_job_is_never_run(db: Database) -> None:

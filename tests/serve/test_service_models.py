@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -157,3 +158,47 @@ def test_a_training_job_that_fails_or_is_cancelled_registers_nothing(
     assert train_job()["status"] == "cancelled"
 
     assert service.client.get(service.url("/models"), headers=service.headers).json() == []
+
+
+def test_a_worker_stopping_mid_training_gives_the_job_back_within_a_batch(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import distill.runs
+    from serve.worker import Worker
+
+    label_job_id = _submit_labeling_to_train_on(service)
+    service.run_jobs()
+    body = {"label_job_id": label_job_id, "epochs": 2, "imgsz": 64, "batch": 2}
+    created = service.client.post(service.url("/train-jobs"), headers=service.headers, json=body)
+    assert created.status_code == 201, created.text
+    job_url = service.url(f"/jobs/{created.json()['id']}")
+
+    stop = threading.Event()
+    batches: list[int] = []
+    real_train = distill.runs.train
+
+    def train_told_to_stop_in_its_first_batch(*args: Any, **kwargs: Any) -> Any:
+        check = kwargs.pop("stop_check")
+
+        def sigterm_during_the_batch() -> None:
+            batches.append(1)
+            stop.set()
+            check()
+
+        return real_train(*args, stop_check=sigterm_during_the_batch, **kwargs)
+
+    monkeypatch.setattr(distill.runs, "train", train_told_to_stop_in_its_first_batch)
+    assert Worker(db=service.db, settings=service.settings).run_once(stop) is True
+    job = service.client.get(job_url, headers=service.headers).json()
+    assert (job["status"], job["attempts"]) == ("queued", 0)
+    assert batches == [1]  # 2 epochs of 2 batches were asked for; it stopped after the first
+    assert service.client.get(service.url("/models"), headers=service.headers).json() == []
+
+    monkeypatch.setattr(distill.runs, "train", real_train)
+    service.run_jobs()
+    job = service.client.get(job_url, headers=service.headers).json()
+    assert (job["status"], job["attempts"]) == ("succeeded", 1), job
+    models = service.client.get(service.url("/models"), headers=service.headers).json()
+    assert [m["version"] for m in models] == [job["result"]["model_version"]]

@@ -137,6 +137,48 @@ def test_sigkilled_worker_job_finishes_with_identical_labels(
     assert second.returncode == 0, (tmp_path / "worker2.log").read_text()[-2000:]
 
 
+@pytest.mark.slow
+def test_sigterm_gives_the_running_job_back_without_using_an_attempt(
+    service: Service, vlm_server: FakeVLMServer, tmp_path: Path
+) -> None:
+    _upload(service, 6)
+    clean_id = _submit(service, "clean")
+    service.run_jobs()
+    clean_calls = len(vlm_server.model_requests)
+
+    vlm_server.reset()
+    vlm_server.latency_s = 0.2
+    job_id = _submit(service, "stopped")
+    # A long lease: if the job were not given back, nothing could take it over during the test.
+    worker = _start_worker(_worker_env(service, lease_s=600.0), tmp_path / "worker.log")
+
+    def verifying_halfway() -> bool:
+        progress = _job(service, job_id).get("progress") or {}
+        return progress.get("stage") == "verify" and progress.get("done", 0) >= 6
+
+    try:
+        _wait(verifying_halfway, 120, "the worker to be halfway through verification")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        worker.wait(timeout=30)
+    log = (tmp_path / "worker.log").read_text()
+    assert worker.returncode == 0, log[-2000:]
+    assert time.monotonic() - stopping < 5.0  # it stopped at its next verdict, not the job's end
+    assert "job given back to the queue" in log
+    given_back = _job(service, job_id)
+    assert (given_back["status"], given_back["attempts"]) == ("queued", 0)
+    calls_before = len(vlm_server.model_requests)
+    assert calls_before < clean_calls
+
+    service.run_jobs()  # any worker takes it at once: no lease to wait out
+    finished = _job(service, job_id)
+    assert (finished["status"], finished["attempts"]) == ("succeeded", 1)
+    # The verdicts of the first run were kept: at most those in flight were asked again.
+    assert len(vlm_server.model_requests) - calls_before <= clean_calls - 6
+    assert _labels(service, job_id) == _labels(service, clean_id)
+
+
 def _mixed_faults(n: int, rate: float, seed: int) -> list[Fault | None]:
     rng = random.Random(seed)
     kinds = [
