@@ -200,6 +200,12 @@ class Database:
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
 
+    @property
+    def reads_are_local(self) -> bool:
+        """Whether a short read waits on nothing but this process (SQLite: a file in WAL mode,
+        never blocked by writers) rather than on a network round trip (PostgreSQL)."""
+        return self.dialect == "sqlite"
+
     def __repr__(self) -> str:
         return f"Database({self.engine.url.render_as_string(hide_password=True)!r})"
 
