@@ -24,7 +24,7 @@ from PIL import Image
 
 from labeler.exceptions import InputError
 from labeler.ontology import OntologyClass
-from labeler.verify.parse import Answer, parse_marks, parse_yes_no
+from labeler.verify.parse import Answer, ScoredToken, marks_yes_probs, parse_marks, parse_yes_no
 from labeler.verify.render import CropOptions, MarksOptions, crop_with_context, draw_marks
 from labeler.verify.templates import MODES, Mode, TemplateSet, default_question, template_set
 
@@ -114,10 +114,13 @@ class Verifier(Protocol):
 
 @dataclass(frozen=True)
 class Completion:
-    """One model reply: its text and, where the backend scored the first answer token, P(yes)."""
+    """One model reply: its text; where the backend scored the first answer token, P(yes); where
+    it gives log-probabilities, every generated token with its top alternatives (marks mode reads
+    each box's P(yes) from them)."""
 
     text: str
     yes_prob: float | None = None
+    tokens: tuple[ScoredToken, ...] = ()
 
 
 _T = TypeVar("_T")
@@ -300,14 +303,17 @@ class VerifierBase(ABC):
             reply = await self._ask(payload, prompt, marks=count)
         if isinstance(reply, str):
             return [Verdict.failed(reply)] * count
+        answers = parse_marks(reply.text, count)
         verdicts = []
-        for answer in parse_marks(reply.text, count):
+        for answer, yes_prob in zip(answers, marks_yes_probs(reply.tokens, answers), strict=True):
             if answer == "unknown":
                 verdicts.append(
                     Verdict.failed("reply has no clear answer for this box", reply.text)
                 )
             else:
-                verdicts.append(Verdict(answer, 1.0 if answer == "yes" else 0.0, reply.text))
+                if yes_prob is None or not math.isfinite(yes_prob):
+                    yes_prob = 1.0 if answer == "yes" else 0.0
+                verdicts.append(Verdict(answer, yes_prob, reply.text))
         return verdicts
 
 

@@ -70,7 +70,8 @@ def _is_openai_host(base_url: str) -> bool:
 
 
 class OpenAIVerifier(VerifierBase):
-    """Asks a chat-completions endpoint about crops (with logprobs) or numbered boxes."""
+    """Asks a chat-completions endpoint about crops or numbered boxes, with logprobs (P(yes) per
+    crop, or per numbered box) when the server gives them."""
 
     def __init__(
         self,
@@ -143,7 +144,7 @@ class OpenAIVerifier(VerifierBase):
                 _MARKS_BASE_TOKENS + _MARKS_TOKENS_PER_BOX * marks if marks else _CROP_MAX_TOKENS
             ),
         }
-        want_logprobs = marks == 0 and self.logprobs_supported
+        want_logprobs = self.logprobs_supported
         if want_logprobs:
             try:
                 response = await self._client.chat.completions.create(
@@ -171,12 +172,15 @@ def _completion_from_response(response: object, *, with_logprobs: bool) -> Compl
         raise VerifierError("the server's reply has no choices")
     choice = response.choices[0]
     text = choice.message.content or choice.message.refusal or ""
-    yes_prob = None
-    if with_logprobs and choice.logprobs is not None and choice.logprobs.content:
-        positions = [
+    if not (with_logprobs and choice.logprobs is not None and choice.logprobs.content):
+        return Completion(text=text)
+    tokens = tuple(
+        (
+            position.token,
             [(top.token, top.logprob) for top in position.top_logprobs or ()]
-            or [(position.token, position.logprob)]
-            for position in choice.logprobs.content
-        ]
-        yes_prob = yes_prob_from_logprob_positions(positions)
-    return Completion(text=text, yes_prob=yes_prob)
+            or [(position.token, position.logprob)],
+        )
+        for position in choice.logprobs.content
+    )
+    yes_prob = yes_prob_from_logprob_positions([top for _, top in tokens])
+    return Completion(text=text, yes_prob=yes_prob, tokens=tokens)

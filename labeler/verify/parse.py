@@ -1,12 +1,14 @@
 """Pure parsers of verifier replies. None of them raises, whatever the model wrote.
 
 ``parse_yes_no`` reads one yes/no answer, ``parse_marks`` reads numbered answers for marks mode,
-and ``yes_prob_from_top_logprobs`` turns the top log-probabilities of an answer token into a
-calibrated P(yes). Anything unclear becomes "unknown": a wrong "yes" costs more than a review.
+``yes_prob_from_top_logprobs`` turns the top log-probabilities of an answer token into a
+calibrated P(yes), and ``marks_yes_probs`` finds each box's answer token in a marks reply. Anything
+unclear becomes "unknown" (or no probability): a wrong "yes" costs more than a review.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import json
 import math
@@ -17,6 +19,8 @@ from typing import Literal
 
 __all__ = [
     "Answer",
+    "ScoredToken",
+    "marks_yes_probs",
     "normalize_token",
     "parse_marks",
     "parse_yes_no",
@@ -26,6 +30,9 @@ __all__ = [
 ]
 
 Answer = Literal["yes", "no", "unknown"]
+
+ScoredToken = tuple[str, Sequence[tuple[object, object]]]
+"""One generated token: its text and its top alternatives as (token, logprob) pairs."""
 
 # Replies longer than this are cut before parsing: an answer is at the start, and regexes over
 # megabytes of garbage would only cost time.
@@ -360,3 +367,39 @@ def yes_prob_from_logprob_positions(
         if prob is not None:
             return prob
     return None
+
+
+def marks_yes_probs(tokens: Sequence[ScoredToken], answers: Sequence[Answer]) -> list[float | None]:
+    """P(yes) for each box of a marks reply, from the alternatives of its answer token.
+
+    ``tokens`` is the reply as generated, ``answers`` what ``parse_marks`` read from it. The reply
+    is rebuilt from the token texts and its numbered answers ("1": "yes", 2: no) are located; a box
+    gets the calibrated P(yes) of the token where its answer word starts when it was answered
+    exactly once, in agreement with ``answers``, and that token's alternatives hold yes/no mass.
+    Otherwise None, and the caller keeps the parsed answer's 1.0 or 0.0. Never raises.
+    """
+    n = len(answers)
+    probs: list[float | None] = [None] * n
+    starts: list[int] = []
+    texts: list[str] = []
+    length = 0
+    for text, _ in tokens:
+        text = text if isinstance(text, str) else ""
+        starts.append(length)
+        texts.append(text)
+        length += len(text)
+        if length > MAX_REPLY_CHARS:
+            break
+    hits: dict[int, list[tuple[Answer, int]]] = {}
+    for match in _NUMBERED.finditer("".join(texts)):
+        index = _key_to_index(match.group(1), n)
+        word = match.group(2).lower()
+        answer: Answer | None = "yes" if word in _YES_WORDS else "no" if word in _NO_WORDS else None
+        if index is not None and answer is not None:
+            hits.setdefault(index, []).append((answer, match.start(2)))
+    for index, found in hits.items():
+        if len(found) != 1 or found[0][0] != answers[index]:
+            continue  # answered twice, or not what the parser read: no score to trust
+        position = bisect.bisect_right(starts, found[0][1]) - 1
+        probs[index] = yes_prob_from_top_logprobs(tokens[position][1])
+    return probs

@@ -17,7 +17,7 @@ from PIL import Image
 
 from labeler.exceptions import ModelLoadError
 from labeler.verify.base import Completion, LoopLocal, VerifierBase
-from labeler.verify.parse import normalize_token
+from labeler.verify.parse import ScoredToken, normalize_token
 
 __all__ = ["TransformersVerifier", "answer_token_ids", "resolve_device"]
 
@@ -27,6 +27,7 @@ _CROP_MAX_NEW_TOKENS = 4
 _MARKS_BASE_TOKENS = 16
 _MARKS_TOKENS_PER_BOX = 8
 _MARKS_MAX_NEW_TOKENS = 256
+_MARKS_TOP_K = 10  # alternatives kept per generated token, for each box's P(yes)
 
 
 def resolve_device(device: str) -> str:
@@ -178,11 +179,25 @@ class TransformersVerifier(VerifierBase):
             )
         new_tokens = output.sequences[0, inputs["input_ids"].shape[1] :]
         reply = self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+        if marks:
+            return Completion(text=reply, tokens=self._scored_tokens(new_tokens, output.logits))
         yes_prob = None
-        if not marks and output.logits and self.yes_token_ids and self.no_token_ids:
+        if output.logits and self.yes_token_ids and self.no_token_ids:
             probs = output.logits[0][0].float().softmax(dim=-1)
             yes_mass = float(probs[self.yes_token_ids].sum())
             no_mass = float(probs[self.no_token_ids].sum())
             if yes_mass + no_mass > 0.0:
                 yes_prob = yes_mass / (yes_mass + no_mass)
         return Completion(text=reply, yes_prob=yes_prob)
+
+    def _scored_tokens(self, new_tokens: Any, logits: Any) -> tuple[ScoredToken, ...]:
+        """Each generated token's text and top alternatives, as an OpenAI server reports them."""
+        scored = []
+        for token_id, step in zip(new_tokens.tolist(), logits or (), strict=False):
+            top = step[0].float().log_softmax(dim=-1).topk(_MARKS_TOP_K)
+            # Raw vocabulary entries ("Ġyes", "▁no") are enough for the alternatives:
+            # normalize_token strips those markers.
+            alternatives = self.tokenizer.convert_ids_to_tokens(top.indices.tolist())
+            text = self.tokenizer.decode([token_id], skip_special_tokens=True)
+            scored.append((text, list(zip(alternatives, top.values.tolist(), strict=True))))
+        return tuple(scored)

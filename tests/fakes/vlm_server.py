@@ -22,6 +22,7 @@ import io
 import json
 import math
 import random
+import re
 import socket
 import threading
 import time
@@ -45,10 +46,12 @@ GARBAGE_TEXT = "¯\\_(ツ)_/¯ ##### lorem ipsum \u0000\ufffd <|endoftext|>"
 @dataclass(frozen=True)
 class Reply:
     """What the scripted model says; ``top_logprobs`` (token, logprob) pairs for the first token
-    override the ones the server derives from ``text``."""
+    override the ones the server derives from ``text``; ``confidences`` give the n-th yes/no word
+    of the reply its own confidence (marks replies) instead of the server's."""
 
     text: str
     top_logprobs: Sequence[tuple[str, float]] | None = None
+    confidences: Sequence[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,11 @@ Script = Callable[[RecordedRequest], "str | Reply"]
 
 def _default_script(request: RecordedRequest) -> str:
     return "Yes"
+
+
+# How the fake model splits a reply into tokens: words with the space before them, and runs of
+# punctuation ('{"', '1', '":', ' "', 'yes', '"}').
+_TOKEN = re.compile(r"\s*[A-Za-z0-9']+|\s*[^\sA-Za-z0-9']+|\s+")
 
 
 def _first_word(text: str) -> str:
@@ -416,31 +424,29 @@ class FakeVLMServer:
         reply = self._script_reply(recorded)
         logprobs = None
         if recorded.wants_logprobs and self.logprobs:
-            top = reply.top_logprobs
-            if top is None:
-                top = derived_top_logprobs(reply.text, self.confidence)
             count = int(recorded.body.get("top_logprobs") or 0)
-            first = _first_word(reply.text) or reply.text
-            first_logprob = next((lp for t, lp in top if t == first), top[0][1] if top else 0.0)
-            content = [
-                {
-                    "token": first,
-                    "logprob": first_logprob,
-                    "bytes": list(first.encode()),
-                    "top_logprobs": [
-                        {"token": t, "logprob": lp, "bytes": list(t.encode())}
-                        for t, lp in top[:count]
-                    ],
-                }
-            ]
-            rest = reply.text.lstrip()[len(first) :]
-            if rest:
+            content = []
+            answers_seen = 0
+            for position, token in enumerate(_TOKEN.findall(reply.text.lstrip()) or [" "]):
+                if position == 0 and reply.top_logprobs is not None:
+                    top = list(reply.top_logprobs)
+                elif token.strip().lower() in {"yes", "no"}:
+                    confidence = self.confidence
+                    if reply.confidences is not None and answers_seen < len(reply.confidences):
+                        confidence = reply.confidences[answers_seen]
+                    answers_seen += 1
+                    top = derived_top_logprobs(token, confidence)
+                else:
+                    top = [(token, math.log(0.99))]
                 content.append(
                     {
-                        "token": rest,
-                        "logprob": 0.0,
-                        "bytes": list(rest.encode()),
-                        "top_logprobs": [],
+                        "token": token,
+                        "logprob": next((lp for t, lp in top if t == token), top[0][1]),
+                        "bytes": list(token.encode()),
+                        "top_logprobs": [
+                            {"token": t, "logprob": lp, "bytes": list(t.encode())}
+                            for t, lp in top[:count]
+                        ],
                     }
                 )
             logprobs = {"content": content, "refusal": None}

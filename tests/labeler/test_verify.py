@@ -191,18 +191,39 @@ def test_marks_mode_asks_once_per_question_and_maps_numbers_to_boxes(
 
     # cat question: box 0 is mark 1 (yes), box 2 is mark 2 (no); dog question: box 1 no, box 3 yes
     assert [v.answer for v in verdicts] == ["yes", "no", "no", "yes"]
-    assert [v.yes_prob for v in verdicts] == [1.0, 0.0, 0.0, 1.0]
+    # Each box's P(yes) comes from its own answer token (the server's confidence is 0.9).
+    assert [v.yes_prob for v in verdicts] == pytest.approx([0.9, 0.1, 0.1, 0.9])
     assert len(server.requests) == 2 and verifier.stats.calls == 2
     assert verifier.template_id == "marks-v1"
     request = next(r for r in server.requests if "cat" in r.prompt_text)
     assert "2 numbered boxes" in request.prompt_text
-    assert not request.wants_logprobs
+    assert request.wants_logprobs
     marked = request.images()[0]
     assert min(marked.size) >= 512  # upscaled whole image, not a crop
     scale = marked.width / 320
     # The outline of mark 1 is drawn in the first palette colour on the cat box's bottom edge.
     edge = marked.getpixel((round(100 * scale), round(120 * scale) - 1))
     assert edge[1] < 60 and edge[0] > 180
+
+
+def test_marks_mode_scores_each_box_from_its_own_answer_token(
+    vlm_server: Callable[..., FakeVLMServer],
+) -> None:
+    reply = Reply('{"1": "yes", "2": "no", "3": "yes"}', confidences=[0.8, 0.7, 0.55])
+    server = vlm_server(lambda r: reply)
+    verdicts = run(verify(openai_verifier(server, mode="marks"), [CAT_BOX] * 3, ["q"] * 3))
+    assert [v.answer for v in verdicts] == ["yes", "no", "yes"]
+    assert [v.yes_prob for v in verdicts] == pytest.approx([0.8, 0.3, 0.55])
+
+
+def test_marks_mode_without_logprobs_uses_the_parsed_answers(
+    vlm_server: Callable[..., FakeVLMServer],
+) -> None:
+    for options in ({"logprobs": False}, {"reject_logprobs": True}):
+        server = vlm_server(lambda r: '{"1": "yes", "2": "no"}', **options)
+        verifier = openai_verifier(server, mode="marks")
+        verdicts = run(verify(verifier, [CAT_BOX, DOG_BOX], ["q", "q"]))
+        assert [(v.answer, v.yes_prob) for v in verdicts] == [("yes", 1.0), ("no", 0.0)], options
 
 
 def test_marks_mode_chunks_at_twenty_boxes(vlm_server: Callable[..., FakeVLMServer]) -> None:
@@ -698,6 +719,21 @@ def test_transformers_tiny_vlm_answers_with_calibrated_yes_prob(
     verdicts = run(verify(verifier, [CAT_BOX], ["Is this a cat?"]))
     assert verdicts[0].answer == "no"
     assert verdicts[0].yes_prob == pytest.approx(0.3, abs=1e-3)
+
+
+def test_transformers_marks_mode_reports_every_token_with_its_alternatives(
+    tiny_vlm_dirs: dict[str, Path],
+) -> None:
+    from labeler.verify.parse import yes_prob_from_top_logprobs
+
+    verifier = load_verifier(f"transformers:{tiny_vlm_dirs['yes']}", device="cpu", mode="marks")
+    completion = verifier._generate(scene(), "Is this a cat?", 2)  # type: ignore[union-attr]
+    # The steered model says "yes" at every step; each step's alternatives give P(yes) = 0.8.
+    assert len(completion.tokens) > 2
+    assert "".join(text for text, _ in completion.tokens).startswith("yesyes")
+    assert [yes_prob_from_top_logprobs(top) for _, top in completion.tokens] == [
+        pytest.approx(0.8, abs=1e-3)
+    ] * len(completion.tokens)
 
 
 def test_transformers_random_vlm_does_not_crash(tiny_vlm_dirs: dict[str, Path]) -> None:

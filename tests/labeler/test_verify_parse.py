@@ -9,6 +9,8 @@ import pytest
 
 from labeler.verify.parse import (
     MAX_REPLY_CHARS,
+    ScoredToken,
+    marks_yes_probs,
     normalize_token,
     parse_marks,
     parse_yes_no,
@@ -355,3 +357,70 @@ def test_yes_prob_uses_the_first_position_that_mentions_an_answer() -> None:
     assert yes_prob_from_logprob_positions(positions) == pytest.approx(0.2)
     assert yes_prob_from_logprob_positions([[("**", 0.0)]]) is None
     assert yes_prob_from_logprob_positions([]) is None
+
+
+# --- marks mode: each box's P(yes) from its answer token -----------------------------------------
+
+
+def _sure(word: str) -> list[tuple[object, object]]:
+    return [(word, math.log(0.99))]
+
+
+def _answer(word: str, yes: float) -> ScoredToken:
+    """An answer token whose alternatives put ``yes`` on yes (as " yes" and "Yes") and the rest
+    on no."""
+    return (
+        word,
+        [(" yes", math.log(yes * 0.6)), ("Yes", math.log(yes * 0.4)), (" no", math.log(1 - yes))],
+    )
+
+
+def _tokens(*parts: str | ScoredToken) -> list[ScoredToken]:
+    return [part if isinstance(part, tuple) else (part, _sure(part)) for part in parts]
+
+
+def test_marks_yes_probs_reads_each_box_from_its_answer_token() -> None:
+    tokens = _tokens(
+        '{"', "1", '":', ' "', _answer("yes", 0.8), '",', ' "', "2", '":', ' "',
+        _answer("no", 0.25), '",', ' "', "3", '":', ' "', _answer("yes", 0.6), '"}',
+    )  # fmt: skip
+    text = "".join(t for t, _ in tokens)
+    answers = parse_marks(text, 3)
+    assert answers == ["yes", "no", "yes"]
+    assert marks_yes_probs(tokens, answers) == pytest.approx([0.8, 0.25, 0.6])
+
+
+def test_marks_yes_probs_reads_lines_and_tokens_that_carry_their_space() -> None:
+    tokens = _tokens("1", ":", _answer(" Yes", 0.9), "\n", "2", ":", _answer(" No", 0.3))
+    answers = parse_marks("".join(t for t, _ in tokens), 2)
+    assert marks_yes_probs(tokens, answers) == pytest.approx([0.9, 0.3])
+
+
+def test_marks_yes_probs_leaves_out_what_it_cannot_trust() -> None:
+    # Box 1 answered twice; box 2's word split over two tokens ("y" + "es"); box 3 not answered;
+    # box 4's token has no yes/no alternatives.
+    tokens = _tokens(
+        "1", ":", _answer(" yes", 0.9), "\n", "1", ":", _answer(" yes", 0.7), "\n",
+        "2", ":", " y", "es", "\n", "4", ":", (" no", [("<unk>", math.log(0.5))]),
+    )  # fmt: skip
+    answers = parse_marks("".join(t for t, _ in tokens), 4)
+    assert answers == ["yes", "yes", "unknown", "no"]
+    assert marks_yes_probs(tokens, answers) == [None, None, None, None]
+
+
+def test_marks_yes_probs_needs_the_parsers_agreement() -> None:
+    # The JSON says yes for box 1; prose after it says "1: no". The parser trusts the JSON and
+    # the two mentions disagree, so no token speaks for box 1.
+    tokens = _tokens(
+        '{"', "1", '":', ' "', _answer("yes", 0.8), '"}', " 1", ":", _answer(" no", 0.4)
+    )
+    answers = parse_marks("".join(t for t, _ in tokens), 1)
+    assert marks_yes_probs(tokens, answers) == [None]
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [[], [(None, None)], [("1: yes", None)], [("1: yes", [("yes", "x")])], [(3, [])]],
+)
+def test_marks_yes_probs_never_raises(tokens: list[ScoredToken]) -> None:
+    assert marks_yes_probs(tokens, ["yes"]) == [None]
