@@ -179,6 +179,35 @@ def test_sigterm_gives_the_running_job_back_without_using_an_attempt(
     assert _labels(service, job_id) == _labels(service, clean_id)
 
 
+def test_serve_shutdown_gives_its_workers_jobs_back(
+    service: Service, vlm_server: FakeVLMServer
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from serve.app import create_app
+
+    _upload(service, 6)
+    vlm_server.latency_s = 0.3
+    job_id = _submit(service, "during-shutdown")
+    app = create_app(service.settings, db=service.db, workers=1)
+    with TestClient(app):  # its lifespan starts the in-process worker, and stops it at the end
+        _wait(
+            lambda: (_job(service, job_id).get("progress") or {}).get("stage") == "verify",
+            60,
+            "verification to start",
+        )
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 5.0
+    given_back = _job(service, job_id)
+    assert (given_back["status"], given_back["attempts"]) == ("queued", 0)
+    asked = len(vlm_server.model_requests)
+    assert asked < 24  # stopped mid-way
+
+    service.run_jobs()
+    finished = _job(service, job_id)
+    assert (finished["status"], finished["attempts"]) == ("succeeded", 1)
+
+
 def _mixed_faults(n: int, rate: float, seed: int) -> list[Fault | None]:
     rng = random.Random(seed)
     kinds = [
