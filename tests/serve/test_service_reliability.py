@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +92,22 @@ def _wait(predicate: Any, timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.slow
-def test_sigkilled_worker_job_finishes_with_identical_labels(
-    service: Service, vlm_server: FakeVLMServer, tmp_path: Path
-) -> None:
+@dataclass
+class _Interrupted:
+    """A labeling job that a worker process is running halfway, and a clean run to compare with."""
+
+    job_id: str
+    clean_id: str
+    clean_calls: int
+    worker: subprocess.Popen[bytes]
+    calls_before: int = 0
+
+
+def _worker_halfway_through_a_job(
+    service: Service, vlm_server: FakeVLMServer, env: dict[str, str], log: Path
+) -> _Interrupted:
+    """Run a clean job, then start a worker process on a second job (slow VLM) and return once
+    it is halfway through verification."""
     _upload(service, 6)
     clean_id = _submit(service, "clean")
     service.run_jobs()
@@ -104,9 +117,8 @@ def test_sigkilled_worker_job_finishes_with_identical_labels(
 
     vlm_server.reset()
     vlm_server.latency_s = 0.2
-    job_id = _submit(service, "killed")
-    env = _worker_env(service, lease_s=2.0)
-    first = _start_worker(env, tmp_path / "worker1.log")
+    job_id = _submit(service, "interrupted")
+    worker = _start_worker(env, log)
 
     def verifying_halfway() -> bool:
         progress = _job(service, job_id).get("progress") or {}
@@ -114,26 +126,46 @@ def test_sigkilled_worker_job_finishes_with_identical_labels(
 
     try:
         _wait(verifying_halfway, 120, "the worker to be halfway through verification")
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    killed_at = _job(service, job_id)
+    except BaseException:
+        worker.kill()
+        worker.wait()
+        raise
+    return _Interrupted(job_id, clean_id, clean_calls, worker)
+
+
+def _assert_resumed_like_a_clean_run(
+    service: Service, vlm_server: FakeVLMServer, run: _Interrupted
+) -> None:
+    # Finished verdicts were kept: at most the calls in flight at the stop were asked again.
+    assert len(vlm_server.model_requests) - run.calls_before <= run.clean_calls - 6
+    assert _labels(service, run.job_id) == _labels(service, run.clean_id)
+    assert (
+        _job(service, run.job_id)["result"]["labels"]
+        == _job(service, run.clean_id)["result"]["labels"]
+    )
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_job_finishes_with_identical_labels(
+    service: Service, vlm_server: FakeVLMServer, tmp_path: Path
+) -> None:
+    env = _worker_env(service, lease_s=2.0)
+    run = _worker_halfway_through_a_job(service, vlm_server, env, tmp_path / "worker1.log")
+    run.worker.send_signal(signal.SIGKILL)
+    run.worker.wait()
+    killed_at = _job(service, run.job_id)
     assert killed_at["status"] == "running" and killed_at["attempts"] == 1
-    calls_before = len(vlm_server.model_requests)
-    assert calls_before < clean_calls
+    run.calls_before = len(vlm_server.model_requests)
+    assert run.calls_before < run.clean_calls
 
     second = _start_worker(env, tmp_path / "worker2.log")
     try:
-        _wait(lambda: _job(service, job_id)["status"] == "succeeded", 120, "the take-over")
+        _wait(lambda: _job(service, run.job_id)["status"] == "succeeded", 120, "the take-over")
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=30)
-    finished = _job(service, job_id)
-    assert finished["attempts"] == 2
-    # Finished verdicts were kept: at most the calls in flight at the kill were asked again.
-    assert len(vlm_server.model_requests) - calls_before <= clean_calls - 6
-    assert _labels(service, job_id) == _labels(service, clean_id)
-    assert finished["result"]["labels"] == _job(service, clean_id)["result"]["labels"]
+    assert _job(service, run.job_id)["attempts"] == 2
+    _assert_resumed_like_a_clean_run(service, vlm_server, run)
     assert second.returncode == 0, (tmp_path / "worker2.log").read_text()[-2000:]
 
 
@@ -141,42 +173,24 @@ def test_sigkilled_worker_job_finishes_with_identical_labels(
 def test_sigterm_gives_the_running_job_back_without_using_an_attempt(
     service: Service, vlm_server: FakeVLMServer, tmp_path: Path
 ) -> None:
-    _upload(service, 6)
-    clean_id = _submit(service, "clean")
-    service.run_jobs()
-    clean_calls = len(vlm_server.model_requests)
-
-    vlm_server.reset()
-    vlm_server.latency_s = 0.2
-    job_id = _submit(service, "stopped")
     # A long lease: if the job were not given back, nothing could take it over during the test.
-    worker = _start_worker(_worker_env(service, lease_s=600.0), tmp_path / "worker.log")
-
-    def verifying_halfway() -> bool:
-        progress = _job(service, job_id).get("progress") or {}
-        return progress.get("stage") == "verify" and progress.get("done", 0) >= 6
-
-    try:
-        _wait(verifying_halfway, 120, "the worker to be halfway through verification")
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        stopping = time.monotonic()
-        worker.wait(timeout=30)
+    env = _worker_env(service, lease_s=600.0)
+    run = _worker_halfway_through_a_job(service, vlm_server, env, tmp_path / "worker.log")
+    run.worker.send_signal(signal.SIGTERM)
+    stopping = time.monotonic()
+    run.worker.wait(timeout=30)
     log = (tmp_path / "worker.log").read_text()
-    assert worker.returncode == 0, log[-2000:]
+    assert run.worker.returncode == 0, log[-2000:]
     assert time.monotonic() - stopping < 5.0  # it stopped at its next verdict, not the job's end
     assert "job given back to the queue" in log
-    given_back = _job(service, job_id)
+    given_back = _job(service, run.job_id)
     assert (given_back["status"], given_back["attempts"]) == ("queued", 0)
-    calls_before = len(vlm_server.model_requests)
-    assert calls_before < clean_calls
+    run.calls_before = len(vlm_server.model_requests)
+    assert run.calls_before < run.clean_calls
 
     service.run_jobs()  # any worker takes it at once: no lease to wait out
-    finished = _job(service, job_id)
-    assert (finished["status"], finished["attempts"]) == ("succeeded", 1)
-    # The verdicts of the first run were kept: at most those in flight were asked again.
-    assert len(vlm_server.model_requests) - calls_before <= clean_calls - 6
-    assert _labels(service, job_id) == _labels(service, clean_id)
+    assert _job(service, run.job_id)["attempts"] == 1
+    _assert_resumed_like_a_clean_run(service, vlm_server, run)
 
 
 def test_serve_shutdown_gives_its_workers_jobs_back(
