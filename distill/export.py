@@ -46,6 +46,7 @@ __all__ = [
     "export_model",
     "parse_metadata",
     "sample_batch",
+    "variant_tag",
     "verify_engine",
     "verify_onnx",
 ]
@@ -149,9 +150,15 @@ def _engine_device(device: str | int) -> str:
     return device.removeprefix("cuda:") if device.startswith("cuda") else device
 
 
-def _default_output(weights: Path, format: str, half: bool, dynamic: bool, batch: int) -> Path:
+def variant_tag(*, half: bool, dynamic: bool, batch: int) -> str:
+    """What sets an export apart from the plain one (fp32, static, batch 1): ``""``, or tags
+    such as ``-fp16-dynamic`` and ``-b8``. Names export files and registry artifact kinds."""
     tags = ("-fp16" if half else "") + ("-dynamic" if dynamic else "")
-    tags += f"-b{batch}" if batch != 1 else ""
+    return tags + (f"-b{batch}" if batch != 1 else "")
+
+
+def _default_output(weights: Path, format: str, half: bool, dynamic: bool, batch: int) -> Path:
+    tags = variant_tag(half=half, dynamic=dynamic, batch=batch)
     return weights.with_name(f"{weights.stem}{tags}{_SUFFIX[format]}")
 
 

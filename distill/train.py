@@ -21,6 +21,7 @@ before the first epoch ended there is no checkpoint, and the KeyboardInterrupt g
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -40,7 +41,14 @@ from distill.ultralytics_env import (
 from labeler.exceptions import InputError, ModelLoadError
 from labeler.settings import get_settings
 
-__all__ = ["RUN_FILE", "ProgressCallback", "TrainResult", "normalize_metrics", "train"]
+__all__ = [
+    "RUN_FILE",
+    "ProgressCallback",
+    "TrainResult",
+    "new_run_dir",
+    "normalize_metrics",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -195,14 +203,25 @@ def _load_student(base: str | Path, info: DatasetInfo) -> tuple[Any, str]:
     return model, source
 
 
-def _default_out_dir(info: DatasetInfo) -> Path:
-    runs = info.data_yaml.parent / ".promptlabel" / "runs"
+def new_run_dir(runs: Path) -> Path:
+    """Create and return a fresh folder ``runs/<timestamp>`` (``-2``, ``-3``, ... when taken).
+
+    The folder is claimed by creating it, so runs started in the same second, in this process or
+    another, never share one.
+    """
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir, counter = runs / stamp, 1
-    while out_dir.exists():
-        counter += 1
-        out_dir = runs / f"{stamp}-{counter}"
-    return out_dir
+    try:
+        runs.mkdir(parents=True, exist_ok=True)
+        for counter in itertools.count(1):
+            out_dir = runs / (stamp if counter == 1 else f"{stamp}-{counter}")
+            try:
+                out_dir.mkdir()
+            except FileExistsError:
+                continue
+            return out_dir
+    except OSError as exc:
+        raise InputError(f"cannot create a run folder in {runs}: {exc}") from None
+    raise AssertionError("unreachable")
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -302,9 +321,15 @@ def train(
     info = check_dataset(dataset_dir)
     device_name = ultralytics_device(device)
     model, resolved_base = _load_student(base, info)
-    run_dir = Path(out_dir).expanduser().resolve() if out_dir else _default_out_dir(info)
-    _check_out_dir(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir is None:
+        run_dir = new_run_dir(info.data_yaml.parent / ".promptlabel" / "runs")
+    else:
+        run_dir = Path(out_dir).expanduser().resolve()
+        _check_out_dir(run_dir)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the run folder {run_dir}: {exc}") from None
 
     ultralytics = import_ultralytics()
     config: dict[str, Any] = {

@@ -99,15 +99,18 @@ def train_command(
 ) -> None:
     """Train a YOLO student on DATASET_DIR, evaluate it on the val split and register it."""
     setup_logging(verbose)
+    from distill.dataset import resolve_data_yaml
     from distill.runs import train_and_register
+    from distill.train import new_run_dir
 
-    registry_dir = workspace or dataset_dir / ".promptlabel"
     try:
+        # DATASET_DIR may also name the data.yaml itself, as Ultralytics users are used to.
+        registry_dir = workspace or resolve_data_yaml(dataset_dir).parent / ".promptlabel"
         with make_progress() as progress:
             run = train_and_register(
                 dataset_dir,
                 registry_dir=registry_dir,
-                out_dir=registry_dir / "runs" / _timestamp(),
+                out_dir=new_run_dir(registry_dir / "runs"),
                 base=base,
                 epochs=epochs,
                 imgsz=imgsz,
@@ -133,12 +136,6 @@ def train_command(
         f"next: promptlabel models promote {version.version} --workspace {registry_dir}",
         highlight=False,
     )
-
-
-def _timestamp() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
 
 
 def _resolve_model(model: str, workspace: Path | None) -> Path:
@@ -295,17 +292,32 @@ def export_command(
     imgsz: Annotated[int, typer.Option(help="Export image size.")] = 640,
     batch: Annotated[int, typer.Option(help="Static batch size (ignored with --dynamic).")] = 1,
     device: Annotated[str, typer.Option(help="Device for engine export.")] = "auto",
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Overwrite the version's file of the same variant.")
+    ] = False,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Export a registered version to ONNX or a TensorRT engine, check it, and record it."""
-    from distill.export import export_model
+    """Export a registered version to ONNX or a TensorRT engine, check it, and record it.
+
+    Each variant is its own artifact (onnx, onnx-fp16, onnx-dynamic, engine-fp16-b8, ...),
+    so exporting one never replaces another; exporting a variant the version already has needs
+    --replace (the service predicts with the production version's plain onnx file).
+    """
+    from distill.export import export_model, variant_tag
 
     if format not in {"onnx", "engine"}:
         raise fail(f"--format must be onnx or engine, got {format!r}")
+    kind = format + variant_tag(half=half, dynamic=dynamic, batch=batch)
     try:
         with _open_registry(workspace) as registry:
             found = registry.get(version)
-            with tempfile.TemporaryDirectory() as scratch, console.status(f"Exporting {format}"):
+            existing = found.artifacts.get(kind)
+            if existing is not None and not replace:
+                raise InputError(
+                    f"{found.version} already has its {kind} export ({existing.path.name}); pass "
+                    "--replace to export it again"
+                )
+            with tempfile.TemporaryDirectory() as scratch, console.status(f"Exporting {kind}"):
                 result = export_model(
                     found.weights,
                     format=format,  # type: ignore[arg-type]
@@ -316,7 +328,7 @@ def export_command(
                     device=device,
                     output=Path(scratch) / f"model.{'onnx' if format == 'onnx' else 'engine'}",
                 )
-                stored = registry.add_artifact(found.version, result.path, kind=format)
+                stored = registry.add_artifact(found.version, result.path, kind=kind)
     except PromptlabelError as error:
         raise fail(str(error)) from None
     check = (

@@ -448,19 +448,25 @@ def non_max_suppression(
     threshold = np.float64(iou)  # torchvision compares the float32 IoU with a double
     zero = np.float32(0)
     kept: list[int] = []
-    while heap and len(kept) < max_det:
-        best, which = heapq.heappop(heap)
-        kept.append(best)
-        rest = groups[which][1:]
-        width = np.maximum(zero, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]))
-        height = np.maximum(zero, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]))
-        inter = width * height
-        overlap = inter / (areas[best] + areas[rest] - inter)
-        # ``not >`` rather than ``<=``: a NaN IoU (two empty boxes) suppresses nothing.
-        rest = rest[~(overlap > threshold)]
-        groups[which] = rest
-        if rest.size:
-            heapq.heappush(heap, (int(rest[0]), which))
+    # Two empty boxes have an IoU of 0/0: NaN, on purpose (see below), and no warning.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        while heap and len(kept) < max_det:
+            best, which = heapq.heappop(heap)
+            kept.append(best)
+            rest = groups[which][1:]
+            width = np.maximum(
+                zero, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest])
+            )
+            height = np.maximum(
+                zero, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest])
+            )
+            inter = width * height
+            overlap = inter / (areas[best] + areas[rest] - inter)
+            # ``not >`` rather than ``<=``: a NaN IoU (two empty boxes) suppresses nothing.
+            rest = rest[~(overlap > threshold)]
+            groups[which] = rest
+            if rest.size:
+                heapq.heappush(heap, (int(rest[0]), which))
     result: npt.NDArray[np.int64] = order[np.asarray(kept, np.int64)]
     return result
 

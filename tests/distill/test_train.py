@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from distill.dataset import check_dataset
-from distill.train import RUN_FILE, normalize_metrics, train
+from distill.train import RUN_FILE, new_run_dir, normalize_metrics, train
 from labeler.exceptions import InputError, ModelLoadError
 from labeler.settings import get_settings
 from tests.distill.conftest import (
@@ -137,6 +137,17 @@ def test_stop_check_ends_training_within_a_batch_and_propagates(
     assert batches_seen == [1, 2]  # no batch ran after the one that said stop
     assert epochs_reported == []  # the first epoch never ended
     assert not (tmp_path / "run" / RUN_FILE).exists()  # no result for a run that was stopped
+
+
+def test_runs_started_at_once_never_share_a_folder(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        folders = list(pool.map(lambda _: new_run_dir(tmp_path / "runs"), range(8)))
+    assert len(set(folders)) == 8 and all(folder.is_dir() for folder in folders)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="cannot create a run folder"):
+        new_run_dir(tmp_path / "file" / "runs")
 
 
 def test_a_segmentation_dataset_trains_the_seg_variant(tmp_path: Path) -> None:

@@ -31,8 +31,8 @@ def invoke(*args: str | Path) -> tuple[int, str]:
 @pytest.mark.slow
 def test_train_register_promote_export_eval(dataset: Path) -> None:
     workspace = dataset / ".promptlabel"
-    code, output = invoke(
-        "train", dataset, "--base", "yolo11n.yaml", "--epochs", "1", "--imgsz", "64",
+    code, output = invoke(  # the data.yaml itself, as Ultralytics users pass it
+        "train", dataset / "data.yaml", "--base", "yolo11n.yaml", "--epochs", "1", "--imgsz", "64",
         "--batch", "8", "--device", "cpu",
     )  # fmt: skip
     assert code == 0, output
@@ -53,7 +53,17 @@ def test_train_register_promote_export_eval(dataset: Path) -> None:
     code, output = invoke("export", "v1", "--imgsz", "64", "--workspace", workspace)
     assert code == 0, output
     assert "checked against PyTorch" in output
-    assert (workspace / "models" / "v1" / "model.onnx").exists()
+    plain = workspace / "models" / "v1" / "model.onnx"
+    served = plain.read_bytes()
+    # Another variant is another file; the same variant again needs --replace.
+    code, output = invoke("export", "v1", "--imgsz", "64", "--dynamic", "--workspace", workspace)
+    assert code == 0, output
+    assert (workspace / "models" / "v1" / "model-onnx-dynamic.onnx").exists()
+    code, output = invoke("export", "v1", "--imgsz", "96", "--workspace", workspace)
+    assert code == 2 and "already has its onnx export" in output and "--replace" in output
+    assert plain.read_bytes() == served
+    code, output = invoke("export", "v1", "--imgsz", "64", "--replace", "--workspace", workspace)
+    assert code == 0, output
 
     code, output = invoke("models", "list", "--workspace", workspace)
     assert code == 0 and "production" in output

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -407,6 +408,16 @@ def test_nms_iou_equal_to_the_threshold_is_kept() -> None:
     scores = np.array([0.9, 0.8], np.float32)
     assert non_max_suppression(xyxy, scores, [0, 0], iou=0.5).tolist() == [0, 1]
     assert non_max_suppression(xyxy, scores, [0, 0], iou=0.4999).tolist() == [0]
+
+
+def test_nms_keeps_empty_boxes_quietly() -> None:
+    # Two zero-area boxes have an IoU of 0/0; neither suppresses the other, and numpy's
+    # "invalid value" warning (an error under -W error) must not escape.
+    xyxy = np.array([[5, 5, 5, 5], [5, 5, 5, 5], [0, 0, 4, 4]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert non_max_suppression(xyxy, scores, [0, 0, 0], iou=0.5).tolist() == [0, 1, 2]
 
 
 @pytest.mark.parametrize(("iou", "agnostic"), [(0.3, False), (0.5, True), (0.7, False)])
