@@ -3,10 +3,11 @@
 Predictions come from Ultralytics (``YOLO(model).predict``, so a ``.pt`` and an exported ``.onnx``
 go through the same code) and enter promptlabel through one adapter, ``from_ultralytics``.
 
-Ground truth is the dataset's ``annotations/instances_<split>.json`` when it describes exactly the
-split's images with the dataset's class names (COCO ``category_id = class_id + 1``); otherwise it is
-built from the YOLO label files (a polygon counts as its extent). Boxes are scored with
-``COCOeval`` ("bbox"), ``maxDets`` raised to ``max_det`` so no prediction is cut.
+Ground truth is built from the split's YOLO label files (a polygon counts as its extent; COCO
+``category_id = class_id + 1``): they are what training reads and what the dataset's label hash
+covers, so an edited label is scored as edited. A COCO JSON beside them (``annotations/``) is not
+read: after such an edit it would be stale. Boxes are scored with ``COCOeval`` ("bbox"),
+``maxDets`` raised to ``max_det`` so no prediction is cut.
 
 How this differs from Ultralytics' own validator (``model.val``):
 
@@ -15,8 +16,7 @@ How this differs from Ultralytics' own validator (``model.val``):
   differ by a few thousandths (tests/distill/test_evaluate.py measures it);
 - ``model.val`` letterboxes every image onto a canvas padded by half a stride each side (a 64 px
   image is seen at 96 px); ``predict`` pads only up to a multiple of the stride, so the two see
-  slightly different pixels;
-- COCO's ground truth here is the exact COCO JSON, Ultralytics reads the 6-decimal YOLO rows.
+  slightly different pixels.
 
 Area ranges do not matter: only COCO's "all" range is reported.
 
@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,7 +48,6 @@ from labeler.exceptions import InputError
 
 __all__ = ["EvalResult", "evaluate", "from_ultralytics", "score_detections"]
 
-logger = logging.getLogger(__name__)
 
 _EXIF_ORIENTATION_TAG = 0x0112
 _F1_GRID = np.linspace(0.0, 1.0, 1001)
@@ -75,7 +72,6 @@ class EvalResult:
     conf_threshold: float = 0.0
     model: str = ""
     imgsz: int | None = None
-    ground_truth: str = ""  # "coco-json" or "yolo-labels"
     n_predictions: int = field(default=0)
 
 
@@ -135,30 +131,6 @@ def _coco_from_document(document: dict[str, Any]) -> Any:
     coco.dataset = document
     _silently(coco.createIndex)
     return coco
-
-
-def _coco_json_ground_truth(
-    info: DatasetInfo, split: str, images: Sequence[Path]
-) -> tuple[Any, dict[Path, int]] | None:
-    """The split's COCO JSON when it matches the split's images and the class names."""
-    path = info.data_yaml.parent / "annotations" / f"instances_{split}.json"
-    if not path.is_file():
-        return None
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-        categories = {int(c["id"]): str(c["name"]) for c in document["categories"]}
-        ids_by_name = {str(image["file_name"]): int(image["id"]) for image in document["images"]}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        logger.info("not using %s (%s); reading the YOLO labels instead", path, exc)
-        return None
-    by_name = {image.name: image for image in images}
-    if categories != {i + 1: name for i, name in enumerate(info.names)}:
-        logger.info("not using %s: its categories are not data.yaml's names", path)
-        return None
-    if len(by_name) != len(images) or set(ids_by_name) != set(by_name):
-        logger.info("not using %s: it lists other images than the %s split", path, split)
-        return None
-    return _coco_from_document(document), {by_name[n]: i for n, i in ids_by_name.items()}
 
 
 def _yolo_ground_truth(info: DatasetInfo, images: Sequence[Path]) -> tuple[Any, dict[Path, int]]:
@@ -379,9 +351,7 @@ def evaluate(
             f"{list(info.names)}; evaluate a model trained on this dataset's classes"
         )
 
-    found = _coco_json_ground_truth(info, split, images)
-    source = "coco-json" if found else "yolo-labels"
-    coco_gt, image_ids = found or _yolo_ground_truth(info, images)
+    coco_gt, image_ids = _yolo_ground_truth(info, images)
 
     options: dict[str, Any] = {
         "conf": conf,
@@ -423,6 +393,5 @@ def evaluate(
         conf_threshold=scores["conf_threshold"],
         model=str(model),
         imgsz=int(used_imgsz[0]) if isinstance(used_imgsz, list | tuple) else used_imgsz,
-        ground_truth=source,
         n_predictions=sum(len(d) for d in predictions.values()),
     )
