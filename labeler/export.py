@@ -17,7 +17,9 @@ Conventions:
   byte for byte (hard-linked when the file system allows) unless it must be re-encoded: an EXIF
   orientation other than 1, a mode other than RGB, several frames, or a format outside
   JPEG/PNG/BMP/WebP. JPEG sources are re-encoded as JPEG quality 95 (no chroma subsampling),
-  everything else as PNG. A JPEG with bytes after its end marker is copied without them.
+  everything else as PNG. A JPEG with bytes after its end marker is copied without them. The
+  orientation is read as ``ImageOps.exif_transpose`` (and so ``load_image``) reads it: an eXIf
+  chunk, XMP ``tiff:Orientation`` or ImageMagick's ``Raw profile type exif`` text chunk all count.
 - The split is a pure function of each image's content hash (``split_for``), so adding images
   never moves the others. With two or more images both splits are made non-empty: if the hashes
   put none in val, the train image whose hash is closest to the val range moves (and the other way
@@ -85,7 +87,14 @@ _COPYABLE_FORMATS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "WEBP": ".web
 _JPEG_FORMATS = {"JPEG", "MPO"}
 _JPEG_QUALITY = 95
 _EXIF_ORIENTATION_TAG = 0x0112
+# The orientations exif_transpose acts on; any other value (9, 0, garbage) leaves the image as is.
+_TRANSPOSED_ORIENTATIONS = frozenset(range(2, 9))
+# A PNG keeps metadata only in these chunks; without any of them it has no orientation to read.
+_PNG_METADATA_CHUNKS = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")
 _MAX_STEM_CHARS = 80
+# File systems cap a name at 255 bytes (ext4, APFS: UTF-8; NTFS: 255 UTF-16 units, never more
+# than the UTF-8 bytes). The stem leaves room for "-<sha256[:8]>", a "-<n>" counter and ".webp".
+_MAX_STEM_BYTES = 200
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -151,8 +160,11 @@ def split_for(sha256: str, val_fraction: float) -> Split:
 
 
 def _safe_stem(stem: str) -> str:
-    """A file-name stem that is safe on every OS and never hidden."""
-    safe = re.sub(r"[^\w.-]+", "_", stem).strip("._-")[:_MAX_STEM_CHARS].rstrip("._-")
+    """A file-name stem that is safe on every OS, never hidden, and short enough in bytes."""
+    safe = re.sub(r"[^\w.-]+", "_", stem).strip("._-")[:_MAX_STEM_CHARS]
+    # Cut by UTF-8 bytes; "ignore" drops only a character the cut split (``\w`` never matches a
+    # lone surrogate, so everything else encodes).
+    safe = safe.encode("utf-8")[:_MAX_STEM_BYTES].decode("utf-8", "ignore").rstrip("._-")
     return safe or "image"
 
 
@@ -189,18 +201,33 @@ class _Header:
     frames: int
 
 
+def _orientation(image: Image.Image, data: bytes) -> int:
+    """The EXIF orientation exactly as ``ImageOps.exif_transpose`` (so ``load_image``) applies it.
+
+    1 when exif_transpose leaves the image as is. exif_transpose calls ``load()`` and then
+    ``getexif()``, which also reads XMP ``tiff:Orientation`` and ImageMagick's
+    ``Raw profile type exif``. Only a PNG gains metadata in ``load()`` (text chunks after its pixel
+    data), and loading decodes the pixels, so a PNG is loaded only when it has a metadata chunk.
+    """
+    if image.format == "PNG":
+        if not any(chunk in data for chunk in _PNG_METADATA_CHUNKS):
+            return 1
+        image.load()
+    value = image.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    return int(value) if value in _TRANSPOSED_ORIENTATIONS else 1
+
+
 def _read_header(data: bytes, path: Path) -> _Header:
-    """Format, mode, stored size, EXIF orientation and frame count, without decoding pixels."""
+    """Format, mode, stored size, EXIF orientation and frame count.
+
+    Pixels are decoded only for a PNG with metadata chunks (see ``_orientation``).
+    """
     try:
         with warnings.catch_warnings():
             # Every exported image was decoded once already; the size limit was enforced then.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                orientation = 1
-                # A PNG's getexif() decodes the whole image when there is no eXIf chunk to read;
-                # looking for the chunk name first keeps the common case cheap.
-                if image.format != "PNG" or b"eXIf" in data:
-                    orientation = int(image.getexif().get(_EXIF_ORIENTATION_TAG, 1) or 1)
+                orientation = _orientation(image, data)
                 return _Header(
                     format=image.format or "",
                     mode=image.mode,
@@ -215,6 +242,17 @@ def _read_header(data: bytes, path: Path) -> _Header:
 def _oriented_size(header: _Header) -> tuple[int, int]:
     width, height = header.size
     return (height, width) if header.orientation in {5, 6, 7, 8} else (width, height)
+
+
+def _check_size(item: ExportItem, image_wh: tuple[int, int]) -> None:
+    """ImageError ``size_mismatch`` when the boxes were made in a frame of another size."""
+    if image_wh != tuple(item.image_wh):
+        raise ImageError(
+            str(item.source_path),
+            "size_mismatch",
+            f"it is {image_wh[0]}x{image_wh[1]} after EXIF orientation, but it was labeled as "
+            f"{item.image_wh[0]}x{item.image_wh[1]}; label it again",
+        )
 
 
 def _boxes(
@@ -264,11 +302,7 @@ def _stage_image(
 
     header = _read_header(data, path)
     image_wh = _oriented_size(header)
-    if image_wh != tuple(item.image_wh):
-        raise ValueError(
-            f"export_dataset: {path} is {image_wh[0]}x{image_wh[1]} after EXIF orientation, "
-            f"but its item says {item.image_wh[0]}x{item.image_wh[1]}"
-        )
+    _check_size(item, image_wh)
     xyxy, class_id = _boxes(item, image_wh, n_classes)
 
     jpeg_end = _jpeg_end(data) if header.format == "JPEG" else len(data)
@@ -284,6 +318,7 @@ def _stage_image(
         loaded = load_image(path, max_pixels=2**62)
         if loaded.sha256 != item.sha256:
             raise ImageError(str(path), "changed", "the file changed during export; run it again")
+        _check_size(item, loaded.image_wh)
         as_jpeg = header.format in _JPEG_FORMATS
         file_name = stem + (".jpg" if as_jpeg else ".png")
         target = pending_dir / file_name
@@ -412,12 +447,13 @@ def export_dataset(
 ) -> ExportSummary:
     """Write ``items`` as a YOLO + COCO dataset in ``out_dir``, replacing a previous export.
 
-    An item whose file is gone or changed since labeling is left out and named in
-    ``ExportSummary.skipped``; the rest is exported. ``link=False`` always copies bytes instead of
-    hard-linking (a hard-linked image shares its bytes with the original: edit it in place and the
-    original changes too). Raises InputError for a bad ``val_fraction`` or when a managed path in
-    ``out_dir`` holds files this exporter did not write; ValueError for items that contradict
-    themselves (class id out of range, a size that is not the file's).
+    An item whose file is gone or changed since labeling, or whose ``image_wh`` is not the file's
+    size after EXIF orientation (``size_mismatch``), is left out and named in
+    ``ExportSummary.skipped`` with its reason; the rest is exported. ``link=False`` always copies
+    bytes instead of hard-linking (a hard-linked image shares its bytes with the original: edit it
+    in place and the original changes too). Raises InputError for a bad ``val_fraction`` or when a
+    managed path in ``out_dir`` holds files this exporter did not write; ValueError for items that
+    contradict themselves (a malformed hash, a path listed twice, a class id out of range).
     """
     _check_val_fraction(val_fraction)
     class_names = list(class_names)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from labeler.detections import Detections
 from labeler.exceptions import InputError
@@ -366,6 +366,109 @@ def test_each_format_is_copied_or_reencoded(
         )
 
 
+_XMP_ROTATED = (
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF'
+    ' xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description'
+    ' xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+)
+
+
+def _xmp() -> dict[str, Any]:
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", _XMP_ROTATED)
+    return {"pnginfo": info}
+
+
+def _xmp_and_exif_without_orientation() -> dict[str, Any]:
+    exif = Image.Exif()
+    exif[0x010F] = "Camera maker"  # an eXIf chunk, but the orientation is only in the XMP
+    return {**_xmp(), "exif": exif.tobytes()}
+
+
+def _imagemagick_raw_profile() -> dict[str, Any]:
+    """ImageMagick's "Raw profile type exif": a zTXt chunk holding the EXIF block in hex."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = exif.tobytes()
+    hex_lines = "\n".join(raw.hex()[i : i + 72] for i in range(0, 2 * len(raw), 72))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type exif", f"\nexif\n{len(raw):8d}\n{hex_lines}\n", zip=True)
+    return {"pnginfo": info}
+
+
+def _text_after_pixels(path: Path) -> None:
+    """Move a PNG's text chunks after its pixel data (Pillow reads them only in load())."""
+    data = path.read_bytes()
+    chunks, offset = [], 8
+    while offset < len(data):
+        end = offset + 12 + int.from_bytes(data[offset : offset + 4], "big")
+        chunks.append(data[offset:end])
+        offset = end
+    text = [chunk for chunk in chunks if chunk[4:8] in (b"tEXt", b"zTXt", b"iTXt")]
+    rest = [chunk for chunk in chunks if chunk not in text]
+    path.write_bytes(data[:8] + b"".join(rest[:-1] + text + rest[-1:]))  # rest[-1] is IEND
+
+
+@pytest.mark.parametrize(
+    ("save_options", "after_pixels"),
+    [
+        pytest.param(_xmp, False, id="xmp-itxt"),
+        pytest.param(_xmp, True, id="xmp-itxt-after-idat"),
+        pytest.param(_xmp_and_exif_without_orientation, True, id="exif-then-xmp-after-idat"),
+        pytest.param(_imagemagick_raw_profile, False, id="imagemagick-raw-profile"),
+        pytest.param(_imagemagick_raw_profile, True, id="imagemagick-raw-profile-after-idat"),
+    ],
+)
+def test_png_orientation_outside_exif_chunk_is_applied(
+    tmp_path: Path, save_options: Callable[[], dict[str, Any]], after_pixels: bool
+) -> None:
+    """The exporter reads the orientation where load_image does, so the frames agree."""
+    source = tmp_path / "phone.png"
+    _noise((60, 40), 7).save(source, "PNG", **save_options())
+    if after_pixels:
+        _text_after_pixels(source)
+    item = _item(source, [[5, 10, 30, 50]], [1])
+    assert item.image_wh == (40, 60)  # the frame the detector saw: rotated by load_image
+
+    summary = export_dataset([item], CLASSES, tmp_path / "out")
+
+    assert summary.skipped == {}
+    (exported,) = (tmp_path / "out" / "images" / "train").glob("*.png")
+    assert np.array_equal(
+        np.asarray(load_image(exported).image), np.asarray(load_image(source).image)
+    )
+    (label,) = (tmp_path / "out" / "labels" / "train").glob("*.txt")
+    row = [float(v) for v in label.read_text().split()]
+    np.testing.assert_allclose(_yolo_to_xyxy(row[1:], (40, 60)), [5, 10, 30, 50], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("char", "n_chars", "n_kept"),
+    [
+        pytest.param("\U00020000", 62, 50, id="4-byte"),  # 200 bytes kept of 248
+        pytest.param("\u4e00", 80, 66, id="3-byte"),  # 198 of 240: the 67th would be split
+        pytest.param("\u00e9", 80, 80, id="2-byte"),  # 160 bytes: the 80-character cap holds
+    ],
+)
+def test_long_unicode_names_fit_the_file_system(
+    tmp_path: Path, char: str, n_chars: int, n_kept: int
+) -> None:
+    # Both names fit in 255 bytes and share their first 200; same bytes, so the same hash too.
+    first, second = tmp_path / f"{char * n_chars}.png", tmp_path / f"{char * n_chars}a.png"
+    _noise((20, 20), 0).save(first)
+    second.write_bytes(first.read_bytes())
+    items = [_item(first, [], []), _item(second, [], [])]
+
+    export_dataset(items, CLASSES, tmp_path / "out", val_fraction=0)
+
+    sha = items[0].sha256[:8]
+    stem = char * n_kept
+    names = sorted(p.name for p in (tmp_path / "out" / "images" / "train").iterdir())
+    assert names == [f"{stem}-{sha}-2.png", f"{stem}-{sha}.png"]
+    labels = [p.name for p in (tmp_path / "out" / "labels" / "train").iterdir()]
+    assert all(len(name.encode()) <= 255 for name in names + labels)
+
+
 def test_file_names_are_safe_and_unique(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -539,9 +642,9 @@ def test_a_failed_export_leaves_the_previous_one(cases: list[Case], tmp_path: Pa
     out = tmp_path / "out"
     _export(cases, out)
     before = _tree(out)
-    wrong = ExportItem(cases[0].item.source_path, cases[0].item.sha256, (1, 1), Detections.empty())
+    wrong = _item(cases[0].item.source_path, [[1, 1, 5, 5]], [len(CLASSES)])
 
-    with pytest.raises(ValueError, match="after EXIF orientation"):
+    with pytest.raises(ValueError, match="class ids"):
         export_dataset([case.item for case in cases[1:]] + [wrong], CLASSES, out)
 
     assert _tree(out) == before
@@ -564,6 +667,18 @@ def test_missing_and_changed_files_are_left_out(cases: list[Case], tmp_path: Pat
     assert sorted(_split_of(tmp_path / "out")) == sorted(
         case.stem for case in cases if case not in (cases[2], cases[3])
     )
+
+
+def test_an_item_of_another_size_is_left_out(cases: list[Case], tmp_path: Path) -> None:
+    item = cases[1].item  # EXIF-rotated: 96x64 as shown, 64x96 as stored
+    stored = ExportItem(item.source_path, item.sha256, (64, 96), item.detections)
+
+    summary = export_dataset(
+        [stored, *(case.item for case in cases[2:])], CLASSES, tmp_path / "out"
+    )
+
+    assert summary.skipped == {str(item.source_path): "size_mismatch"}
+    assert sorted(_split_of(tmp_path / "out")) == sorted(case.stem for case in cases[2:])
 
 
 def test_malformed_items_are_a_bug(cases: list[Case], tmp_path: Path) -> None:
