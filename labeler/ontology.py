@@ -12,6 +12,10 @@ Long form::
 
 Short form: ``classes: {truck: truck, person: "a person"}`` (class name to detector phrase).
 Every problem is reported with the file, the line and the field before any model loads.
+
+A phrase may repeat across classes (never within one): an attribute class such as
+``glasses_person`` detects ``person`` next to a plain ``person`` class, and every box the phrase
+finds is proposed for both, each then checked with its own question.
 """
 
 from __future__ import annotations
@@ -124,6 +128,22 @@ class Ontology:
     def phrase_class_ids(self) -> list[int]:
         """For each entry of ``phrases``, the class it belongs to."""
         return [i for i, c in enumerate(self.classes) for _ in c.detect]
+
+    @property
+    def distinct_phrases(self) -> list[str]:
+        """Each detector phrase once, in order of first use: what the detector is asked about.
+
+        Classes may share a phrase (``glasses_person`` and ``person`` both detecting ``person``).
+        """
+        return list(dict.fromkeys(self.phrases))
+
+    @property
+    def distinct_phrase_class_ids(self) -> list[tuple[int, ...]]:
+        """For each entry of ``distinct_phrases``, every class that detects it (ascending)."""
+        class_ids: dict[str, list[int]] = {}
+        for phrase, class_id in zip(self.phrases, self.phrase_class_ids, strict=True):
+            class_ids.setdefault(phrase, []).append(class_id)
+        return [tuple(ids) for ids in class_ids.values()]
 
     @classmethod
     def from_mapping(cls, mapping: dict[str, str | list[str]]) -> Ontology:

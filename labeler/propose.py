@@ -1,12 +1,16 @@
 """PROPOSE: an open-vocabulary detector turns images + an ontology into candidate boxes.
 
-One forward pass per image batch covers every phrase of every class: the phrases go into the model
-together (Grounding DINO: one prompt ``"phrase one. phrase two."``; OWL-ViT/OWLv2: one text query
-per phrase; OmDet-Turbo: one class per phrase plus the task prompt ``"Detect phrase one, phrase
-two."``) and each box gets a score per phrase from the model's own outputs (token-span scores for
-Grounding DINO, per-query or per-class logits for the others), never from decoding phrase
-strings. A class scores the best of its phrases, each box takes its best class, and class-aware
-NMS merges duplicates, synonyms included.
+One forward pass per image batch covers every distinct phrase of every class: the phrases go into
+the model together (Grounding DINO: one prompt ``"phrase one. phrase two."``; OWL-ViT/OWLv2: one
+text query per phrase; OmDet-Turbo: one class per phrase plus the task prompt ``"Detect phrase
+one, phrase two."``) and each box gets a score per phrase from the model's own outputs
+(token-span scores for Grounding DINO, per-query or per-class logits for the others), never from
+decoding phrase strings. Each box takes its best phrase and is proposed once for every class that
+detects that phrase, with that phrase's score: a class scores the best of its phrases (synonyms
+merged), and classes sharing a phrase (an attribute class ``glasses_person`` beside ``person``)
+each get the box, for the verifier to check with each class's own question. Class-aware NMS then
+merges duplicates within each class, synonyms included; copies of one box for different classes
+never suppress each other.
 
 Model-specific code is confined to one text encoder and one output decoder per family, chosen by
 ``config.model_type`` from ``_FAMILIES``; everything after a decoder is shared.
@@ -53,9 +57,9 @@ class _TextChunk:
     ``(1, T)`` prompt becomes ``(B, T)``, OWL's ``(Q, L)`` queries become ``(B * Q, L)``, as do
     OmDet-Turbo's ``(P, L)`` classes; its ``(1, L)`` task and ``(1,)`` class count become
     ``(B, L)`` and ``(B,)``).
-    ``phrase_ids`` index ``Ontology.phrases``. ``positive_map`` ``(P, T)`` (Grounding DINO only)
-    has ``1 / span length`` on each phrase's tokens, so ``token_probs @ positive_map.T`` is the
-    mean over the span.
+    ``phrase_ids`` index ``Ontology.distinct_phrases``. ``positive_map`` ``(P, T)`` (Grounding
+    DINO only) has ``1 / span length`` on each phrase's tokens, so ``token_probs @ positive_map.T``
+    is the mean over the span.
     """
 
     text_inputs: dict[str, torch.Tensor]
@@ -323,31 +327,39 @@ SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(_FAMILIES)
 # Shared: phrases -> classes, thresholds, NMS, Detections.
 
 
-def _class_scores(
-    phrase_scores: torch.Tensor, phrase_class_ids: torch.Tensor, num_classes: int
-) -> torch.Tensor:
-    """``(B, N, C)``: each class scores the best of its phrases (synonyms merged); 0 if absent."""
-    batch, num_boxes, num_phrases = phrase_scores.shape
-    index = phrase_class_ids.to(phrase_scores.device).view(1, 1, num_phrases)
-    out = phrase_scores.new_zeros(batch, num_boxes, num_classes)
-    return out.scatter_reduce(
-        2, index.expand(batch, num_boxes, num_phrases), phrase_scores, reduce="amax"
-    )
+def _best_phrase_classes(
+    phrase_scores: torch.Tensor, phrase_ids: torch.Tensor, phrase_classes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each box's best phrase: its score ``(B, N)`` and the classes that detect it ``(B, N, C)``.
+
+    ``phrase_scores`` ``(B, N, P)`` come from one text chunk, ``phrase_ids`` ``(P,)`` index the
+    ontology's distinct phrases, and ``phrase_classes`` ``(U, C)`` (bool) marks the classes that
+    detect each. The score is the class score of every class marked: each class scores the best of
+    its phrases, and the best phrase overall is the best of every class that has it. On a tie the
+    first phrase wins (ontology order).
+    """
+    confidence, best = phrase_scores.max(dim=-1)
+    phrase_id = phrase_ids.to(best.device)[best]
+    return confidence, phrase_classes.to(best.device)[phrase_id]
 
 
 def _select_detections(
     xyxy_px: torch.Tensor,
-    class_scores: torch.Tensor,
+    confidence: torch.Tensor,
+    class_mask: torch.Tensor,
     box_scores: torch.Tensor,
     image_wh: torch.Tensor,
     options: DetectorOptions,
 ) -> list[Detections]:
-    """Per image: clip, threshold, class-aware NMS, best ``max_det`` first.
+    """Per image: clip, threshold, one proposal per box and class, class-aware NMS, best first.
 
-    A box is kept when its box score >= ``box_threshold`` and its class score (the argmax
-    class's) >= ``text_threshold``; boxes with no area after clipping are dropped.
+    ``confidence`` ``(B, N)`` is each box's best phrase score and ``class_mask`` ``(B, N, C)`` the
+    classes that detect that phrase (see ``_best_phrase_classes``). A box is kept when its box
+    score >= ``box_threshold`` and its phrase score >= ``text_threshold``; boxes with no area
+    after clipping are dropped. A kept box becomes one proposal for each class marked (same box,
+    same scores); NMS runs per class, so those copies do not suppress each other, and
+    ``max_det`` counts proposals, copies included.
     """
-    confidence, class_id = class_scores.max(dim=-1)
     width, height = image_wh[:, :1], image_wh[:, 1:]
     x1, y1, x2, y2 = xyxy_px.unbind(-1)
     zero = torch.zeros_like(width)
@@ -362,9 +374,12 @@ def _select_detections(
     )
     results = []
     for i in range(xyxy_px.shape[0]):
-        index = keep[i].nonzero()[:, 0]
-        boxes, scores, classes = clipped[i, index], confidence[i, index], class_id[i, index]
-        order = batched_nms(boxes, scores, classes, options.nms_iou)[: options.max_det]
+        # Rows in box order, and within a box in class order.
+        index, classes = (keep[i, :, None] & class_mask[i]).nonzero().unbind(dim=1)
+        boxes, scores = clipped[i, index], confidence[i, index]
+        kept = batched_nms(boxes, scores, classes, options.nms_iou).sort().values
+        # Best first; equal scores (a box's copies) stay in row order, whatever order NMS used.
+        order = kept[scores[kept].sort(descending=True, stable=True).indices][: options.max_det]
         w, h = (int(v) for v in image_wh[i].tolist())
         results.append(
             Detections(
@@ -380,11 +395,11 @@ def _select_detections(
 
 @dataclass(frozen=True)
 class _Plan:
-    """An ontology made ready for one model: text chunks and the class of each phrase."""
+    """An ontology made ready for one model: text chunks over its distinct phrases, and
+    ``phrase_classes`` ``(U, C)`` (bool): which classes detect each distinct phrase."""
 
     chunks: tuple[_TextChunk, ...]
-    phrase_class_ids: torch.Tensor
-    num_classes: int
+    phrase_classes: torch.Tensor
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,7 +463,8 @@ class Detector:
         """One ``Detections`` per image, in order.
 
         Boxes are xyxy in original pixels, clipped to the image, sorted by confidence (the class
-        score) descending, at most ``max_det``; ``class_id`` indexes ``ontology.classes``;
+        score) descending, at most ``max_det``; ``class_id`` indexes ``ontology.classes``. A box
+        whose best phrase several classes share is one proposal per class (same box and scores);
         ``data["box_score"]`` is the detector's box score; ``metadata["image_wh"]`` is (w, h).
         Images go through the model ``options.batch_size`` at a time, one forward pass per batch
         for all phrases (more only when a Grounding DINO prompt must be split, see
@@ -486,7 +502,9 @@ class Detector:
         key = (tuple(ontology.phrases), tuple(ontology.phrase_class_ids))
         plan = self._plans.get(key)
         if plan is None:
-            chunks = self._family.encode_text(self._processor, self._model.config, key[0])
+            # A phrase shared by several classes is asked about once.
+            phrases = ontology.distinct_phrases
+            chunks = self._family.encode_text(self._processor, self._model.config, phrases)
             chunks = [
                 _TextChunk(
                     text_inputs={
@@ -501,11 +519,10 @@ class Detector:
                 )
                 for chunk in chunks
             ]
-            plan = _Plan(
-                chunks=tuple(chunks),
-                phrase_class_ids=torch.tensor(ontology.phrase_class_ids, device=self.device),
-                num_classes=len(ontology.classes),
-            )
+            phrase_classes = torch.zeros(len(phrases), len(ontology.classes), dtype=torch.bool)
+            for phrase_id, class_ids in enumerate(ontology.distinct_phrase_class_ids):
+                phrase_classes[phrase_id, list(class_ids)] = True
+            plan = _Plan(chunks=tuple(chunks), phrase_classes=phrase_classes.to(self.device))
             self._plans[key] = plan
         return plan
 
@@ -530,11 +547,16 @@ class Detector:
                 }
                 outputs = self._model(**pixel_inputs, **text_inputs)
                 decoded = self._family.decode(outputs, chunk, image_wh)
-                class_ids = plan.phrase_class_ids[chunk.phrase_ids.to(self.device)]
-                class_scores = _class_scores(decoded.phrase_scores, class_ids, plan.num_classes)
-                parts.append((decoded.xyxy_px, class_scores, decoded.box_scores))
-            xyxy, class_scores, box_scores = (torch.cat(p, dim=1) for p in zip(*parts, strict=True))
-            return _select_detections(xyxy, class_scores, box_scores, image_wh, self.options)
+                confidence, class_mask = _best_phrase_classes(
+                    decoded.phrase_scores, chunk.phrase_ids, plan.phrase_classes
+                )
+                parts.append((decoded.xyxy_px, confidence, class_mask, decoded.box_scores))
+            xyxy, confidence, class_mask, box_scores = (
+                torch.cat(p, dim=1) for p in zip(*parts, strict=True)
+            )
+            return _select_detections(
+                xyxy, confidence, class_mask, box_scores, image_wh, self.options
+            )
 
 
 def _resolve_device_dtype(options: DetectorOptions) -> tuple[torch.device, torch.dtype]:

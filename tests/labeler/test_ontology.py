@@ -35,6 +35,26 @@ def test_from_mapping_matches_short_form() -> None:
     )
 
 
+def test_classes_may_share_a_phrase_which_is_asked_about_once() -> None:
+    ontology = parse_ontology(
+        "classes:\n"
+        "  - {name: person, detect: person}\n"
+        "  - {name: glasses_person, detect: ' person', verify: 'Is this person wearing glasses?'}\n"
+        "  - {name: worker, detect: [helmet, person]}\n"
+        "  - {name: truck, detect: truck}\n"
+    )
+    assert ontology.phrases == ["person", "person", "helmet", "person", "truck"]
+    assert ontology.phrase_class_ids == [0, 1, 2, 2, 3]
+    assert ontology.distinct_phrases == ["person", "helmet", "truck"]
+    assert ontology.distinct_phrase_class_ids == [(0, 1, 2), (2,), (3,)]
+
+
+def test_distinct_phrases_without_sharing_are_the_phrases() -> None:
+    ontology = load_ontology(PROMPTS / "warehouse.yaml")
+    assert ontology.distinct_phrases == ontology.phrases
+    assert ontology.distinct_phrase_class_ids == [(0,), (1,), (2,), (2,)]
+
+
 def test_phrases_are_stripped() -> None:
     ontology = parse_ontology("classes:\n  - name: a\n    detect: ['  dog ']\n")
     assert ontology.phrases == ["dog"]

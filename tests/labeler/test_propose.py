@@ -28,11 +28,11 @@ from transformers import BertConfig
 
 from labeler.detections import Detections
 from labeler.exceptions import InputError, ModelLoadError
-from labeler.ontology import Ontology
+from labeler.ontology import Ontology, parse_ontology
 from labeler.propose import (
     Detector,
     DetectorOptions,
-    _class_scores,
+    _best_phrase_classes,
     _decode_grounding_dino,
     _decode_omdet_turbo,
     _decode_owlv2,
@@ -120,19 +120,54 @@ def test_span_scores_are_span_means_and_box_score_is_max_over_phrase_tokens() ->
     torch.testing.assert_close(box_scores, torch.tensor([[0.8]]))
 
 
-def test_class_score_is_best_phrase_of_the_class() -> None:
+def classes_of_phrases(class_ids: list[list[int]], num_classes: int) -> torch.Tensor:
+    """``(U, C)`` bool: for each distinct phrase, the classes that detect it."""
+    phrase_classes = torch.zeros(len(class_ids), num_classes, dtype=torch.bool)
+    for phrase_id, ids in enumerate(class_ids):
+        phrase_classes[phrase_id, ids] = True
+    return phrase_classes
+
+
+def test_a_box_takes_its_best_phrase_whose_score_is_the_class_score() -> None:
     phrase_scores = torch.tensor([[[0.2, 0.7, 0.4], [0.9, 0.1, 0.95]]])  # (1, 2 boxes, 3 phrases)
-    class_scores = _class_scores(phrase_scores, torch.tensor([0, 0, 1]), num_classes=3)
-    torch.testing.assert_close(class_scores, torch.tensor([[[0.7, 0.4, 0.0], [0.9, 0.95, 0.0]]]))
+    phrase_classes = classes_of_phrases([[0], [0], [1]], num_classes=3)  # car, auto -> 0; dog -> 1
+    confidence, class_mask = _best_phrase_classes(
+        phrase_scores, torch.tensor([0, 1, 2]), phrase_classes
+    )
+    torch.testing.assert_close(confidence, torch.tensor([[0.7, 0.95]]))
+    assert class_mask.tolist() == [[[True, False, False], [False, True, False]]]
 
 
-def select(phrase_scores: list[list[float]], xyxy: list[list[float]], **options: float):
-    """Run the shared class/threshold/NMS step on one 100x100 image with phrases car, auto, dog."""
+def test_a_phrase_shared_by_classes_marks_all_of_them() -> None:
+    # This chunk holds distinct phrases 2 and 3 (a Grounding DINO prompt split in two); phrase 3
+    # ("person") is detected by classes 1 (glasses_person) and 2 (person).
+    phrase_scores = torch.tensor([[[0.6, 0.3], [0.2, 0.8], [0.5, 0.5]]])
+    phrase_classes = classes_of_phrases([[0], [0], [3], [1, 2]], num_classes=4)
+    confidence, class_mask = _best_phrase_classes(
+        phrase_scores, torch.tensor([2, 3]), phrase_classes
+    )
+    torch.testing.assert_close(confidence, torch.tensor([[0.6, 0.8, 0.5]]))
+    assert class_mask.int().tolist() == [[[0, 0, 0, 1], [0, 1, 1, 0], [0, 0, 0, 1]]]  # tie: first
+
+
+def select(
+    phrase_scores: list[list[float]],
+    xyxy: list[list[float]],
+    phrase_class_ids: tuple[list[int], ...] = ([0], [0], [1]),
+    **options: float,
+):
+    """Run the shared class/threshold/NMS step on one 100x100 image with phrases car, auto, dog
+    (classes car: car, auto; dog: dog, unless ``phrase_class_ids`` says otherwise)."""
     scores = torch.tensor([phrase_scores])
-    class_scores = _class_scores(scores, torch.tensor([0, 0, 1]), num_classes=2)
+    num_classes = max(max(ids) for ids in phrase_class_ids) + 1
+    phrase_classes = classes_of_phrases(list(phrase_class_ids), num_classes)
+    confidence, class_mask = _best_phrase_classes(
+        scores, torch.arange(len(phrase_class_ids)), phrase_classes
+    )
     return _select_detections(
         torch.tensor([xyxy]),
-        class_scores,
+        confidence,
+        class_mask,
         scores.amax(dim=-1),
         torch.tensor([[100.0, 100.0]]),
         DetectorOptions(**{"box_threshold": 0.3, "text_threshold": 0.3, **options}),
@@ -150,6 +185,26 @@ def test_nms_merges_a_synonym_duplicate_but_keeps_other_classes() -> None:
     np.testing.assert_array_equal(dets.class_id, [0, 1, 1])
     np.testing.assert_allclose(dets.confidence, [0.9, 0.7, 0.6])
     np.testing.assert_allclose(dets.data["box_score"], [0.9, 0.7, 0.6])
+
+
+def test_a_shared_phrase_proposes_each_box_once_per_class_and_nms_stays_per_class() -> None:
+    # "dog" is detected by classes 1 and 2 (say dog and a dog_with_collar attribute class).
+    shared = ([0], [0], [1, 2])
+    dets = select(
+        [[0.9, 0.1, 0.0], [0.0, 0.1, 0.8], [0.0, 0.0, 0.7], [0.0, 0.0, 0.6]],
+        [[0, 0, 10, 10], [0, 0, 10, 10], [1, 1, 10, 10], [50, 50, 60, 60]],
+        shared,
+    )
+    # Box 1 (a dog) overlaps box 0 (a car): other classes, both kept. Box 2 duplicates box 1:
+    # NMS drops it in class 1 and in class 2. Each class's copy of a box never suppresses the
+    # other's. Copies keep the box's scores and come in class order.
+    np.testing.assert_allclose(dets.xyxy, [[0, 0, 10, 10]] * 3 + [[50, 50, 60, 60]] * 2)
+    np.testing.assert_array_equal(dets.class_id, [0, 1, 2, 1, 2])
+    np.testing.assert_allclose(dets.confidence, [0.9, 0.8, 0.8, 0.6, 0.6])
+    np.testing.assert_allclose(dets.data["box_score"], [0.9, 0.8, 0.8, 0.6, 0.6])
+    # max_det counts proposals, copies included; thresholds keep or drop all copies together.
+    assert select([[0.0, 0.0, 0.8]], [[0, 0, 10, 10]], shared, max_det=1).class_id.tolist() == [1]
+    assert len(select([[0.0, 0.0, 0.8]], [[0, 0, 10, 10]], shared, text_threshold=0.9)) == 0
 
 
 @pytest.mark.parametrize(
@@ -325,6 +380,64 @@ def test_same_phrases_grouped_differently_are_not_confused(gdino_dir: Path) -> N
     two_classes = Ontology.from_mapping({"a": "car", "b": "zebra dog"})
     assert set(detector.propose(images, synonyms)[0].class_id.tolist()) == {0}
     assert set(detector.propose(images, two_classes)[0].class_id.tolist()) == {0, 1}
+
+
+# The README's attribute class: glasses_man detects "man" beside a plain man class. ("man" and
+# "dog" because each of them wins some boxes in every tiny random detector.)
+SHARED_PHRASE = parse_ontology(
+    """
+classes:
+  - name: man
+    detect: man
+  - name: glasses_man
+    detect: man
+    verify: Is this a man wearing glasses?
+  - name: dog
+    detect: [dog, zebra dog]
+"""
+)
+WITHOUT_ATTRIBUTE = parse_ontology(
+    "classes:\n  - {name: man, detect: man}\n  - {name: dog, detect: [dog, zebra dog]}\n"
+)
+
+
+@pytest.mark.parametrize("model_dir", ["gdino_dir", "owl_dir", "omdet_dir"])
+def test_classes_sharing_a_phrase_each_get_every_box_it_finds(
+    request: pytest.FixtureRequest, model_dir: str
+) -> None:
+    options = DetectorOptions(**ALL_PASS, max_det=1000)  # no proposal is cut
+    detector = load_detector(request.getfixturevalue(model_dir), options)
+    images = random_images([(64, 48), (50, 100)], seed=3)
+    with count_forwards(detector) as calls:
+        shared = detector.propose(images, SHARED_PHRASE)
+    assert calls == [1], "the shared phrase is asked about once, with the others"
+    plain = detector.propose(images, WITHOUT_ATTRIBUTE)
+    assert sum(int((dets.class_id == 1).sum()) for dets in shared) > 0
+    for with_copies, without in zip(shared, plain, strict=True):
+        man, glasses_man = (with_copies[with_copies.class_id == i] for i in (0, 1))
+        # The same boxes with the same scores, for the verifier to ask each class's question.
+        np.testing.assert_array_equal(glasses_man.xyxy, man.xyxy)
+        np.testing.assert_array_equal(glasses_man.confidence, man.confidence)
+        np.testing.assert_array_equal(glasses_man.data["box_score"], man.data["box_score"])
+        # Every other proposal is what the ontology without the attribute class gives (the same
+        # text inputs; OmDet-Turbo's text-embedding cache can change the last float bits).
+        for class_id, plain_id in ((0, 0), (2, 1)):
+            mine = with_copies[with_copies.class_id == class_id]
+            theirs = without[without.class_id == plain_id]
+            np.testing.assert_allclose(mine.xyxy, theirs.xyxy, atol=1e-3)
+            np.testing.assert_allclose(mine.confidence, theirs.confidence, rtol=1e-5)
+            np.testing.assert_allclose(mine.data["box_score"], theirs.data["box_score"], rtol=1e-5)
+        assert len(with_copies) == len(without) + len(glasses_man)
+        assert np.all(np.diff(with_copies.confidence) <= 0)
+
+
+def test_a_shared_phrase_is_in_the_grounding_dino_prompt_once(gdino_dir: Path) -> None:
+    detector = load_detector(gdino_dir)
+    assert SHARED_PHRASE.distinct_phrases == ["man", "dog", "zebra dog"]
+    (chunk,) = detector._plan(SHARED_PHRASE).chunks
+    assert detector.processor.tokenizer.decode(chunk.text_inputs["input_ids"][0]) == (
+        "[CLS] man. dog. zebra dog. [SEP]"
+    )
 
 
 def test_batched_result_equals_one_image_at_a_time(gdino_dir: Path) -> None:
