@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     import httpx
 
     from labeler.propose import Detector
-    from labeler.verify import Verifier
+    from labeler.verify import Verdict, Verifier
 
 __all__ = ["LABELS_FILENAME", "LabelConfig", "ProgressSink", "propose_key", "run_label"]
 
@@ -101,6 +101,12 @@ class LabelConfig:
         """Check everything that can be checked before any model loads."""
         if not self.images_dir.is_dir():
             raise InputError(f"{self.images_dir}: images folder not found")
+        if self.images_dir.resolve().is_relative_to(self.out_dir.resolve()):
+            # Everything below the output folder is the dataset's own, never an input.
+            raise InputError(
+                f"--out {self.out_dir} holds the images folder {self.images_dir}: choose an "
+                "output folder outside it (inside the images folder is fine)"
+            )
         if not 0.0 <= self.val_fraction < 1.0:
             raise InputError(f"--val-fraction must be within [0, 1), got {self.val_fraction}")
         if self.concurrency < 1:
@@ -128,6 +134,11 @@ def propose_key(config: LabelConfig) -> str:
         "nms_iou": options.nms_iou,
         "phrases": [list(c.detect) for c in config.ontology.classes],
     }
+    ontology = config.ontology
+    if len(ontology.distinct_phrases) < len(ontology.phrases):
+        # Classes share a phrase. Proposals saved before each such class got the shared boxes
+        # hold them for one class only; a key of its own makes those be proposed again.
+        payload["shared_phrases"] = "every-class"
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -204,13 +215,20 @@ def _record_decoded(
         workspace.record_image(sha256, decoded.image_wh)
         return decoded
     log.warning("skipping image %s", decoded)
-    for path, sha in scan.sha_by_path.items():
-        if sha == sha256:
-            workspace.record_file_error(
-                str(path.resolve()), reason=decoded.reason, detail=decoded.detail
-            )
+    if decoded.reason in _FAILURES_OF_THE_BYTES:
+        for path, sha in scan.sha_by_path.items():
+            if sha == sha256:
+                workspace.record_file_error(
+                    str(path.resolve()), reason=decoded.reason, detail=decoded.detail
+                )
     scan.fail(sha256, decoded)
     return None
+
+
+# Decode failures that only the file's bytes decide, remembered until the file changes. Others
+# are checked again on the next run: too_many_pixels depends on the limit of the run,
+# missing and unreadable on the machine.
+_FAILURES_OF_THE_BYTES = frozenset({"zero_bytes", "not_an_image", "truncated", "corrupt"})
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
@@ -242,6 +260,7 @@ def _propose(
     def decode(batch: Sequence[str]) -> list[LoadedImage | ImageError]:
         return [_decode(sha, scan, config) for sha in batch]
 
+    failures = _DetectorFailures()
     # Decoding the next batch overlaps the detector's forward pass (torch releases the GIL).
     with ThreadPoolExecutor(max_workers=1) as pool:
         upcoming: Future[list[LoadedImage | ImageError]] = pool.submit(decode, batches[0])
@@ -254,12 +273,71 @@ def _propose(
                 for sha, result in zip(batch, decoded, strict=True)
                 if (image := _record_decoded(sha, result, scan, workspace)) is not None
             ]
-            if loaded:
-                results = detector.propose([image.image for _, image in loaded], config.ontology)
-                for (sha, _), detections in zip(loaded, results, strict=True):
-                    workspace.save_proposals(sha, key, detections, config.ontology.names)
+            for sha, detections in _propose_batch(detector, loaded, config, scan, failures):
+                workspace.save_proposals(sha, key, detections, config.ontology.names)
             progress.advance("propose", len(decoded))
+    failures.check_any_succeeded()
     return detector.fingerprint()
+
+
+class _DetectorFailures:
+    """Images the detector failed on, one at a time. A few are the images' fault (Grounding DINO
+    cannot resize a 3000x1 strip); many in a row, or all of them, are the detector's, and stop
+    the run."""
+
+    in_a_row_limit = 8
+
+    def __init__(self) -> None:
+        self.in_a_row = 0
+        self.succeeded_any = False
+        self.last: Exception | None = None
+
+    def succeeded(self) -> None:
+        self.in_a_row = 0
+        self.succeeded_any = True
+
+    def failed(self, error: Exception) -> None:
+        self.in_a_row += 1
+        self.last = error
+        if self.in_a_row >= self.in_a_row_limit:
+            self._stop(f"the detector failed on {self.in_a_row} images in a row")
+
+    def check_any_succeeded(self) -> None:
+        if self.last is not None and not self.succeeded_any:
+            self._stop(f"the detector failed on all {self.in_a_row} images")
+
+    def _stop(self, what: str) -> None:
+        error = self.last
+        raise RuntimeError(f"{what}; the last error: {type(error).__name__}: {error}") from error
+
+
+def _propose_batch(
+    detector: Detector,
+    loaded: list[tuple[str, LoadedImage]],
+    config: LabelConfig,
+    scan: _Scan,
+    failures: _DetectorFailures,
+) -> list[tuple[str, Detections]]:
+    """The batch's proposals; when the batch fails, each image alone, so that one image the
+    detector cannot take fails by itself (for this run: it is tried again on the next)."""
+    if not loaded:
+        return []
+    try:
+        results = detector.propose([image.image for _, image in loaded], config.ontology)
+    except Exception as error:
+        if len(loaded) == 1:
+            sha, image = loaded[0]
+            log.warning("detector failed on %s: %s: %s", image.path, type(error).__name__, error)
+            scan.fail(sha, ImageError(str(image.path), "detector_failed", f"{error}"))
+            failures.failed(error)
+            return []
+        return [
+            found
+            for one in loaded
+            for found in _propose_batch(detector, [one], config, scan, failures)
+        ]
+    failures.succeeded()
+    return [(sha, detections) for (sha, _), detections in zip(loaded, results, strict=True)]
 
 
 @dataclass
@@ -327,7 +405,8 @@ def _verify(
         proposals = workspace.load_proposals(sha, key)
         keys = _box_keys(sha, proposals, questions, identity, config.verify_mode)
         stored = workspace.get_verdicts(k for k in keys if k is not None)
-        # Verdicts that ended in an error are retried; parsed answers, even unclear ones, are kept.
+        # Verdicts that ended in an error (no answer came) are asked again; answers, even
+        # unclear ones, are kept.
         missing = [
             i for i, k in enumerate(keys) if k is not None and (k not in stored or stored[k].error)
         ]
@@ -377,27 +456,29 @@ def _verify(
                 loaded = _record_decoded(item.sha256, decoded, scan, workspace)
                 if loaded is None:
                     return
-                verdicts = await verifier.verify_boxes(loaded.image, item.xyxy, item.questions)
-                workspace.save_verdicts(
-                    [
-                        {
-                            "cache_key": cache_key,
-                            "answer": verdict.answer,
-                            "yes_prob": verdict.yes_prob,
-                            "raw": verdict.raw,
-                            "error": verdict.error,
-                            "model_id": verifier.model_id,
-                            "template_id": verifier.template_id,
-                            "template_hash": verifier.template_hash,
-                            "mode": verifier.mode,
-                            "question": question,
-                        }
-                        for cache_key, verdict, question in zip(
-                            item.cache_keys, verdicts, item.questions, strict=True
-                        )
-                    ]
-                )
-                progress.advance("verify", len(item.cache_keys))
+
+                def save(index: int, verdict: Verdict) -> None:
+                    # Each answer is committed as it arrives: an interrupted run keeps every
+                    # request already answered (and paid for).
+                    workspace.save_verdicts(
+                        [
+                            {
+                                "cache_key": item.cache_keys[index],
+                                "answer": verdict.answer,
+                                "yes_prob": verdict.yes_prob,
+                                "raw": verdict.raw,
+                                "error": verdict.error,
+                                "model_id": verifier.model_id,
+                                "template_id": verifier.template_id,
+                                "template_hash": verifier.template_hash,
+                                "mode": verifier.mode,
+                                "question": item.questions[index],
+                            }
+                        ]
+                    )
+                    progress.advance("verify")
+
+                await verifier.verify_boxes(loaded.image, item.xyxy, item.questions, save)
 
         try:
             await asyncio.gather(*(verify_image(item) for item in work))
@@ -555,6 +636,11 @@ def run_label(
         )
         progress.advance("export", len(routed.items))
         timings["export"] = time.perf_counter() - started
+        for source, reason in summary.skipped.items():
+            scan.failed[Path(source)] = reason
+            if reason.startswith("changed"):
+                # Same size and mtime, other bytes (cp -p, an archive): hash it again next run.
+                workspace.forget_file(str(Path(source).resolve()))
 
         statuses: Counter[str] = Counter()
         for counts in routed.per_class.values():

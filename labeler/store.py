@@ -160,6 +160,11 @@ class Workspace(SqliteFile):
                 (path, sha256, size_bytes, mtime_ns, error_reason, error_detail),
             )
 
+    def forget_file(self, path: str) -> None:
+        """Drop what is known of ``path``: the next scan reads and hashes it again."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM files WHERE path=?", (path,))
+
     def record_file_error(self, path: str, *, reason: str, detail: str) -> None:
         with self._transaction() as db:
             db.execute(

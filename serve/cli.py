@@ -63,7 +63,9 @@ def print_report(report: dict[str, Any]) -> None:
 def label(
     images_dir: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
     ontology: Annotated[Path, typer.Option("--ontology", "-o", help="Ontology YAML file.")],
-    out: Annotated[Path, typer.Option("--out", help="Dataset folder to write.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Dataset folder to write (not IMAGES_DIR or above it).")
+    ],
     detector: Annotated[
         str,
         typer.Option(help="Detector: hub id or local folder of a transformers zero-shot detector."),

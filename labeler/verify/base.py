@@ -61,8 +61,9 @@ class Verdict:
 
     ``yes_prob`` is P(yes) calibrated from log-probabilities (yes mass / (yes + no mass)) when the
     backend gives them, else 1.0 or 0.0 for a parsed yes or no, and None when the answer is
-    "unknown". ``raw`` is the model's text, kept as evidence; ``error`` says why a verdict is
-    "unknown" (a backend failure or an unreadable reply) and is None otherwise.
+    "unknown". ``raw`` is the model's text, kept as evidence. ``error`` says why no answer came
+    (the request failed, the box could not be drawn) and is None otherwise: a failed verdict is
+    asked again on the next run, while an unclear reply (``unclear``) is an answer and is kept.
     """
 
     answer: Answer
@@ -73,6 +74,12 @@ class Verdict:
     @classmethod
     def failed(cls, error: str, raw: str = "") -> Verdict:
         return cls(answer="unknown", yes_prob=None, raw=raw, error=error)
+
+    @classmethod
+    def unclear(cls, raw: str) -> Verdict:
+        """The model replied, but not with a clear yes or no (asking again would not help: the
+        request runs at temperature 0)."""
+        return cls(answer="unknown", yes_prob=None, raw=raw)
 
 
 @dataclass
@@ -103,8 +110,10 @@ class Verifier(Protocol):
         image: Image.Image,
         xyxy: npt.NDArray[np.floating],
         questions: Sequence[str],
+        on_verdict: Callable[[int, Verdict], None] | None = None,
     ) -> list[Verdict]:
-        """One Verdict per row of ``xyxy``; never raises for backend, network or parse failures."""
+        """One Verdict per row of ``xyxy``, each also passed to ``on_verdict(row, verdict)`` as
+        soon as it is known; never raises for backend, network or parse failures."""
         ...
 
     async def aclose(self) -> None:
@@ -207,14 +216,18 @@ class VerifierBase(ABC):
         image: Image.Image,
         xyxy: npt.NDArray[np.floating],
         questions: Sequence[str],
+        on_verdict: Callable[[int, Verdict], None] | None = None,
     ) -> list[Verdict]:
         """One Verdict per row of ``xyxy`` (pixels of ``image``), asking ``questions[i]`` of box i.
 
         Crop mode sends one request per box; marks mode draws the boxes that share a question,
         numbered, on the image and asks about them in one request (at most ``max_marks_per_call``
         boxes each). At most ``concurrency`` requests run at once across all calls on this
-        verifier. Raises ValueError only when ``xyxy`` and ``questions`` do not match.
+        verifier. ``on_verdict(i, verdict)`` is called as each answer arrives (a caller saves it
+        there, so an interrupted run loses no answered request); what it raises stops the call.
+        Raises ValueError only when ``xyxy`` and ``questions`` do not match.
         """
+        report = on_verdict or _ignore_verdict
         boxes = np.asarray(xyxy, dtype=np.float64)
         if boxes.size == 0:
             boxes = boxes.reshape(0, 4)
@@ -226,11 +239,14 @@ class VerifierBase(ABC):
             return []
         image.load()  # decode lazily-loaded images once, before worker threads read them
         if self.mode == "crop":
-            jobs = (
-                self._verify_crop(image, box, q) for box, q in zip(boxes, questions, strict=True)
-            )
-            return list(await asyncio.gather(*jobs))
-        return await self._verify_marks(image, boxes, questions)
+
+            async def verify_crop(index: int) -> Verdict:
+                verdict = await self._verify_crop(image, boxes[index], questions[index])
+                report(index, verdict)
+                return verdict
+
+            return list(await asyncio.gather(*(verify_crop(i) for i in range(len(boxes)))))
+        return await self._verify_marks(image, boxes, questions, report)
 
     async def _ask(self, payload: Any, prompt: str, *, marks: int) -> Completion | str:
         """The model's reply, or a description of the failure (counted in ``stats.errors``)."""
@@ -264,14 +280,18 @@ class VerifierBase(ABC):
             return Verdict.failed(reply)
         answer = parse_yes_no(reply.text)
         if answer == "unknown":
-            return Verdict.failed("reply has no clear yes or no", raw=reply.text)
+            return Verdict.unclear(reply.text)
         yes_prob = reply.yes_prob
         if yes_prob is None or not math.isfinite(yes_prob):
             yes_prob = 1.0 if answer == "yes" else 0.0
         return Verdict(answer=answer, yes_prob=float(yes_prob), raw=reply.text)
 
     async def _verify_marks(
-        self, image: Image.Image, boxes: npt.NDArray[np.float64], questions: Sequence[str]
+        self,
+        image: Image.Image,
+        boxes: npt.NDArray[np.float64],
+        questions: Sequence[str],
+        report: Callable[[int, Verdict], None],
     ) -> list[Verdict]:
         by_question: dict[str, list[int]] = {}
         for index, question in enumerate(questions):
@@ -281,13 +301,15 @@ class VerifierBase(ABC):
             for question, indices in by_question.items()
             for start in range(0, len(indices), self.max_marks_per_call)
         ]
-        results = await asyncio.gather(
-            *(self._verify_marks_chunk(image, boxes[chunk], q) for q, chunk in chunks)
-        )
         verdicts: list[Verdict | None] = [None] * len(boxes)
-        for (_, chunk), chunk_verdicts in zip(chunks, results, strict=True):
-            for index, verdict in zip(chunk, chunk_verdicts, strict=True):
+
+        async def verify_chunk(question: str, chunk: list[int]) -> None:
+            answers = await self._verify_marks_chunk(image, boxes[chunk], question)
+            for index, verdict in zip(chunk, answers, strict=True):
                 verdicts[index] = verdict
+                report(index, verdict)
+
+        await asyncio.gather(*(verify_chunk(q, chunk) for q, chunk in chunks))
         return [v if v is not None else Verdict.failed("box was not asked") for v in verdicts]
 
     async def _verify_marks_chunk(
@@ -307,14 +329,16 @@ class VerifierBase(ABC):
         verdicts = []
         for answer, yes_prob in zip(answers, marks_yes_probs(reply.tokens, answers), strict=True):
             if answer == "unknown":
-                verdicts.append(
-                    Verdict.failed("reply has no clear answer for this box", reply.text)
-                )
+                verdicts.append(Verdict.unclear(reply.text))
             else:
                 if yes_prob is None or not math.isfinite(yes_prob):
                     yes_prob = 1.0 if answer == "yes" else 0.0
                 verdicts.append(Verdict(answer, yes_prob, reply.text))
         return verdicts
+
+
+def _ignore_verdict(index: int, verdict: Verdict) -> None:
+    pass
 
 
 # --- questions and cache keys -------------------------------------------------------------------

@@ -381,3 +381,154 @@ def test_marks_mode_asks_once_per_image_and_question(images_dir: Path, tmp_path:
     assert all(len(r.images()) == 1 for r in server.model_requests)
     assert report["labels"]["needs_review"] == 0
     assert report["provenance"]["template_id"].startswith("marks")
+
+
+def test_unclear_answers_are_kept_not_asked_again(images_dir: Path, tmp_path: Path) -> None:
+    os.environ["OPENAI_API_KEY"] = "test-key"
+    with FakeVLMServer(script=lambda request: "It might be, hard to say") as server:
+        config = make_config(images_dir, tmp_path / "out", server)
+        first = run_label(config, detector=ScriptedDetector())
+        assert first["labels"]["needs_review"] == 12
+        review = json.loads((tmp_path / "out" / "review.json").read_text())
+        assert {item["reason"] for item in review} == {"verifier answer could not be parsed"}
+        second = run_label(config, detector=Exploding())  # type: ignore[arg-type]
+        assert second["verifier"] == {"calls": 0, "cache_hits": 12, "errors": 0}
+        assert len(server.model_requests) == 12
+        assert second["labels"] == first["labels"]
+
+
+class _StopAfter(Exception):
+    pass
+
+
+class _StoppingProgress:
+    """A progress sink that stops the run after ``verdicts`` verifier answers (a Ctrl-C)."""
+
+    def __init__(self, verdicts: int) -> None:
+        self.verdicts = verdicts
+        self.seen = 0
+
+    def start(self, stage: str, total: int) -> None:
+        pass
+
+    def advance(self, stage: str, amount: int = 1) -> None:
+        if stage == "verify":
+            self.seen += amount
+            if self.seen >= self.verdicts:
+                raise _StopAfter
+
+
+def test_each_answer_is_kept_as_it_arrives(tmp_path: Path, server: FakeVLMServer) -> None:
+    # One image with many boxes: before, its answers were stored only once all of them came.
+    folder = tmp_path / "one"
+    write_sample_images(folder, n=1, seed=3)
+    many = ScriptedDetector()
+    single = many.propose  # three boxes; repeat them with offsets to get 30
+
+    def propose(images: Sequence[Image.Image], ontology: Ontology) -> list[Detections]:
+        (three,) = single(images, ontology)
+        xyxy = np.concatenate([three.xyxy[:1] + i for i in range(30)])
+        return [
+            Detections(
+                xyxy=xyxy,
+                class_id=np.zeros(30, np.int64),
+                confidence=np.full(30, 0.9),
+                data={"box_score": np.full(30, 0.9, np.float32)},
+                metadata=three.metadata,
+            )
+        ]
+
+    many.propose = propose  # type: ignore[method-assign]
+    config = make_config(folder, tmp_path / "out", server, concurrency=2)
+    with pytest.raises(_StopAfter):
+        run_label(config, detector=many, progress=_StoppingProgress(verdicts=10))
+    asked = len(server.model_requests)
+    assert asked < 30
+    resumed = run_label(config, detector=Exploding())  # type: ignore[arg-type]
+    # Only the answers in flight at the stop (at most the concurrency) are asked again.
+    assert resumed["verifier"]["cache_hits"] >= 10
+    assert len(server.model_requests) - asked <= 30 - 10
+
+
+class _CannotTakeStrips(ScriptedDetector):
+    """Fails, like Grounding DINO's resize, on any batch holding a very thin image."""
+
+    def propose(self, images: Sequence[Image.Image], ontology: Ontology) -> list[Detections]:
+        if any(max(i.size) / min(i.size) > 100 for i in images):
+            raise ValueError("Size must contain 'height' and 'width' keys")
+        return super().propose(images, ontology)
+
+
+def test_an_image_the_detector_cannot_take_fails_alone(
+    images_dir: Path, tmp_path: Path, server: FakeVLMServer
+) -> None:
+    Image.new("RGB", (3000, 1), (200, 200, 200)).save(images_dir / "divider.png")
+    config = make_config(
+        images_dir,
+        tmp_path / "out",
+        server,
+        verifier="none",
+        detector_options=DetectorOptions(batch_size=4),
+    )
+    report = run_label(config, detector=_CannotTakeStrips())
+    failed = {Path(f["path"]).name: f["error"] for f in report["images"]["failed"]}
+    assert failed["divider.png"].startswith("detector_failed: Size must contain")
+    assert report["images"]["labeled"] == 6  # its batch-mates were proposed one by one
+
+    class Broken(ScriptedDetector):
+        def propose(self, images: Sequence[Image.Image], ontology: Ontology) -> list[Detections]:
+            raise RuntimeError("CUDA error: device-side assert triggered")
+
+    with pytest.raises(
+        RuntimeError, match="failed on all 7 images; the last error: RuntimeError: CUDA"
+    ):
+        run_label(
+            make_config(images_dir, tmp_path / "out2", server, verifier="none"), detector=Broken()
+        )
+
+
+def test_an_output_folder_holding_the_images_is_refused(
+    images_dir: Path, server: FakeVLMServer
+) -> None:
+    from labeler.exceptions import InputError
+
+    for out in (images_dir, images_dir.parent):
+        with pytest.raises(InputError, match="holds the images folder"):
+            run_label(make_config(images_dir, out, server), detector=Exploding())  # type: ignore[arg-type]
+
+
+def test_a_file_whose_bytes_changed_unseen_is_reported_then_labeled_again(
+    images_dir: Path, tmp_path: Path, server: FakeVLMServer
+) -> None:
+    victim = images_dir / "swapped.bmp"  # a BMP's size depends on its dimensions only
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(victim)
+    config = make_config(images_dir, tmp_path / "out", server, verifier="none")
+    assert run_label(config, detector=ScriptedDetector())["images"]["labeled"] == 7
+    # Other bytes, same size and mtime (cp -p, an archive): the scan trusts its stored hash.
+    stat = victim.stat()
+    Image.new("RGB", (64, 48), (30, 200, 30)).save(victim)
+    assert victim.stat().st_size == stat.st_size
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    second = run_label(config, detector=ScriptedDetector())
+    failed = {Path(f["path"]).name: f["error"] for f in second["images"]["failed"]}
+    assert failed["swapped.bmp"].startswith("changed")
+    assert second["images"]["labeled"] == 6
+    third = run_label(config, detector=ScriptedDetector())  # hashed again: new content, labeled
+    assert "swapped.bmp" not in {Path(f["path"]).name for f in third["images"]["failed"]}
+    assert third["images"]["labeled"] == 7
+
+
+def test_an_image_over_the_pixel_limit_is_tried_again_under_a_higher_one(
+    images_dir: Path, tmp_path: Path, server: FakeVLMServer
+) -> None:
+    small = make_config(images_dir, tmp_path / "out", server, verifier="none", max_image_pixels=100)
+    first = run_label(small, detector=ScriptedDetector())
+    assert first["images"]["labeled"] == 0
+    assert all(
+        f["error"].startswith("too_many_pixels")
+        for f in first["images"]["failed"]
+        if Path(f["path"]).name not in {"broken.jpg", "notes.png", "empty.webp"}
+    )
+    roomy = make_config(images_dir, tmp_path / "out", server, verifier="none")
+    assert run_label(roomy, detector=ScriptedDetector())["images"]["labeled"] == 6
