@@ -73,6 +73,8 @@ class EvalResult:
     model: str = ""
     imgsz: int | None = None
     n_predictions: int = field(default=0)
+    data_yaml: str = ""
+    label_hash: str = ""  # of the dataset's labels as scored (distill.dataset's label_hash)
 
 
 def from_ultralytics(result: Any) -> Detections:
@@ -394,4 +396,6 @@ def evaluate(
         model=str(model),
         imgsz=int(used_imgsz[0]) if isinstance(used_imgsz, list | tuple) else used_imgsz,
         n_predictions=sum(len(d) for d in predictions.values()),
+        data_yaml=str(info.data_yaml),
+        label_hash=info.label_hash,
     )

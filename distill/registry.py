@@ -168,7 +168,8 @@ def _score(metrics: Mapping[str, Any] | None) -> float | None:
 @dataclass(frozen=True)
 class EvalSet:
     """A dataset split a model is evaluated on: ``data`` (data.yaml), ``split``, and the hash of
-    that split's labels at evaluation time (None when unknown)."""
+    the dataset's labels (every split's: ``distill.dataset``'s label_hash) at evaluation time
+    (None when unknown)."""
 
     data: Path
     split: str = "val"
@@ -733,11 +734,9 @@ def evaluation_metrics(weights: Path, eval_set: EvalSet, **options: Any) -> dict
     Use it both for the metrics passed to ``register`` and as ``promote``'s ``evaluate``, so a
     stored number and a fresh one are measured the same way.
     """
-    from distill.dataset import check_dataset
     from distill.evaluate import evaluate
 
-    info = check_dataset(eval_set.data)
-    result = evaluate(weights, info.data_yaml, split=eval_set.split, **options)
+    result = evaluate(weights, eval_set.data, split=eval_set.split, **options)
     return {
         "map50": result.map50,
         "map50_95": result.map50_95,
@@ -747,9 +746,9 @@ def evaluation_metrics(weights: Path, eval_set: EvalSet, **options: Any) -> dict
         "ms_per_image": result.ms_per_image,
         "n_images": result.n_images,
         "imgsz": result.imgsz,
-        "data": str(info.data_yaml),
+        "data": result.data_yaml,
         "split": eval_set.split,
-        "label_hash": info.label_hash,
+        "label_hash": result.label_hash,
     }
 
 

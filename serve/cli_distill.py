@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -317,7 +318,10 @@ def export_command(
                     f"{found.version} already has its {kind} export ({existing.path.name}); pass "
                     "--replace to export it again"
                 )
-            with tempfile.TemporaryDirectory() as scratch, console.status(f"Exporting {kind}"):
+            # In the workspace, and kept when the check fails: the error names the file, left
+            # there for inspection.
+            scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=registry.workspace))
+            with console.status(f"Exporting {kind}"):
                 result = export_model(
                     found.weights,
                     format=format,  # type: ignore[arg-type]
@@ -326,9 +330,10 @@ def export_command(
                     dynamic=dynamic,
                     batch=batch,
                     device=device,
-                    output=Path(scratch) / f"model.{'onnx' if format == 'onnx' else 'engine'}",
+                    output=scratch / f"model.{'onnx' if format == 'onnx' else 'engine'}",
                 )
                 stored = registry.add_artifact(found.version, result.path, kind=kind)
+            shutil.rmtree(scratch, ignore_errors=True)
     except PromptlabelError as error:
         raise fail(str(error)) from None
     check = (

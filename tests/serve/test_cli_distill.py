@@ -29,7 +29,7 @@ def invoke(*args: str | Path) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-def test_train_register_promote_export_eval(dataset: Path) -> None:
+def test_train_register_promote_export_eval(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     workspace = dataset / ".promptlabel"
     code, output = invoke(  # the data.yaml itself, as Ultralytics users pass it
         "train", dataset / "data.yaml", "--base", "yolo11n.yaml", "--epochs", "1", "--imgsz", "64",
@@ -64,6 +64,20 @@ def test_train_register_promote_export_eval(dataset: Path) -> None:
     assert plain.read_bytes() == served
     code, output = invoke("export", "v1", "--imgsz", "64", "--replace", "--workspace", workspace)
     assert code == 0, output
+    assert not list(workspace.glob(".export-*"))  # the scratch folder went with the success
+
+    import distill.export
+    from labeler.exceptions import ModelLoadError
+
+    def broken_check(path: Path, *args: object, **kwargs: object) -> None:
+        raise ModelLoadError(f"{path}: exported model does not reproduce the PyTorch model")
+
+    monkeypatch.setattr(distill.export, "verify_onnx", broken_check)
+    code, output = invoke("export", "v1", "--imgsz", "64", "--half", "--workspace", workspace)
+    assert code == 2 and "does not reproduce" in output
+    (left,) = workspace.glob(".export-*/model.onnx")  # kept for inspection, as the error says
+    assert str(left) in output.replace("\n", "")
+    monkeypatch.undo()
 
     code, output = invoke("models", "list", "--workspace", workspace)
     assert code == 0 and "production" in output
