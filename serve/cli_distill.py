@@ -95,7 +95,13 @@ def train_command(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     patience: Annotated[int, typer.Option(help="Epochs without improvement before stopping.")] = 50,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    workspace: WorkspaceOption = None,
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            "--workspace",
+            help="Workspace for the registry and the runs (default: DATASET_DIR/.promptlabel).",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Train a YOLO student on DATASET_DIR, evaluate it on the val split and register it."""

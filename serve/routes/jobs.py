@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import FileResponse
@@ -31,6 +31,13 @@ IdempotencyKey = Annotated[
     ),
 ]
 _ERRORS = error_responses(404, 409, 422)
+_SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": JobPublic,
+        "description": "The job that an earlier submit with this Idempotency-Key created",
+    },
+    **_ERRORS,
+}
 
 
 def job_public(job: job_service.JobRecord) -> JobPublic:
@@ -63,7 +70,7 @@ def _submitted(job: job_service.JobRecord, created: bool, response: Response) ->
     "/label-jobs",
     summary="Submit a labeling job (201; 200 when the Idempotency-Key replays an earlier submit)",
     status_code=status.HTTP_201_CREATED,
-    responses=_ERRORS,
+    responses=_SUBMIT_RESPONSES,
 )
 def submit_label_job(
     db: Db,
@@ -83,7 +90,7 @@ def submit_label_job(
     "/train-jobs",
     summary="Train a student on a finished labeling job's dataset, register and export it",
     status_code=status.HTTP_201_CREATED,
-    responses=_ERRORS,
+    responses=_SUBMIT_RESPONSES,
 )
 def submit_train_job(
     db: Db,

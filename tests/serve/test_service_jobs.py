@@ -123,6 +123,11 @@ def test_idempotency_key_returns_the_same_job(service: Service) -> None:
     assert "Idempotency-Key" in other.json()["detail"]
     listed = service.client.get(service.url("/jobs"), headers=service.headers).json()
     assert len(listed) == 1
+    # The replay's 200 is part of the API's description, as the 201 is.
+    paths = service.client.get("/openapi.json").json()["paths"]
+    for submit_path in ("/label-jobs", "/train-jobs"):
+        responses = paths[f"/v1/projects/{{project_id}}{submit_path}"]["post"]["responses"]
+        assert {"200", "201"} <= set(responses)
 
 
 def test_submit_checks_its_input(service: Service) -> None:
