@@ -356,14 +356,44 @@ def job_results(
         .join(images, images.c.id == job_images.c.image_id)
         .where(job_images.c.job_id == job_id)
         .order_by(job_images.c.position)
+        # The page, and one row more to tell whether another page follows: a job of thousands of
+        # images with all their labels is never read to answer for a few.
+        .offset(offset)
+        .limit(limit + 1)
     )
+    if label_status is not None:
+        query = query.where(job_images.c.counts[label_status].as_integer() > 0)
     with db.read() as connection:
         rows = connection.execute(query).all()
-    items = [dict(row._mapping) for row in rows]
-    if label_status is not None:
-        items = [item for item in items if (item["counts"] or {}).get(label_status, 0) > 0]
-    page = items[offset : offset + limit]
-    return page, offset + limit if offset + limit < len(items) else None
+    page = [dict(row._mapping) for row in rows[:limit]]
+    return page, offset + limit if len(rows) > limit else None
+
+
+def public_provenance(provenance: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A label run's provenance as API callers see it: the names the server offers for its
+    detector and verifier, not the paths and URLs the operator configured behind them."""
+    shown = {k: v for k, v in provenance.items() if k not in _PRIVATE_PROVENANCE}
+    detector = params.get("detector")
+    fingerprint = shown.get("detector_fingerprint")
+    if isinstance(fingerprint, dict):  # model revision, versions, device: kept; the path: not
+        shown["detector_fingerprint"] = fingerprint | {"model_id": detector}
+    return shown | {"detector": detector, "verifier": params.get("verifier")}
+
+
+_PRIVATE_PROVENANCE = frozenset({"workspace", "run_id", "verifier_endpoint"})
+# The label run's own files, rewritten on the way into an export: they name server paths.
+_RUN_FILES = frozenset({"report.json", "review.json", "labels.jsonl"})
+
+
+def _run_file_for_callers(file: Path, job_folder: Path, params: dict[str, Any]) -> str:
+    # Image paths become paths inside the job's folder ("images/000001-img_….png").
+    text = file.read_text(encoding="utf-8").replace(f"{job_folder}{os.sep}", "")
+    if file.name != "report.json":
+        return text
+    report = json.loads(text)
+    report.get("dataset", {}).pop("path", None)
+    report["provenance"] = public_provenance(report.get("provenance", {}), params)
+    return json.dumps(report, indent=2) + "\n"
 
 
 _FORMAT_MEMBERS: dict[str, tuple[str, ...]] = {
@@ -405,10 +435,15 @@ def export_archive(
                     else []
                 )
                 for file in [path] if path.is_file() else files:
+                    name = file.relative_to(source).as_posix()
+                    if name in _RUN_FILES:
+                        folder = job_dir(data_dir, job_id).resolve()
+                        out.writestr(name, _run_file_for_callers(file, folder, job.params))
+                        continue
                     is_image = file.parent.name in {"train", "val"} and "images" in file.parts
                     out.write(
                         file,
-                        file.relative_to(source).as_posix(),
+                        name,
                         compress_type=zipfile.ZIP_STORED if is_image else zipfile.ZIP_DEFLATED,
                     )
         os.replace(temporary, archive)

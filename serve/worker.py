@@ -25,12 +25,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from labeler.detector_options import DetectorOptions
-from labeler.exceptions import PromptlabelError
+from labeler.exceptions import ModelLoadError, PromptlabelError
 from labeler.files import copy_atomically
 from labeler.settings import Settings
 from serve.db import Database, images, job_images, projects
 from serve.images_store import blob_path
-from serve.jobs import dataset_dir, job_dir
+from serve.jobs import dataset_dir, job_dir, public_provenance
 from serve.queue import (
     ClaimedJob,
     JobKind,
@@ -324,9 +324,7 @@ def run_label_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection
         "verifier": report["verifier"],
         "timings_s": report["timings_s"],
         "dataset": {k: v for k, v in report["dataset"].items() if k != "path"},
-        "provenance": {
-            k: v for k, v in report["provenance"].items() if k not in {"workspace", "run_id"}
-        },
+        "provenance": public_provenance(report["provenance"], ctx.job.params),
     }
 
     def write_results(connection: Connection) -> None:
@@ -497,11 +495,11 @@ class Worker:
         except PromptlabelError as error:
             # The input or configuration is wrong: running it again would fail the same way.
             log.warning("job failed: %s", error)
-            self._finish(job, JobStatus.FAILED, error=str(error))
+            self._finish(job, JobStatus.FAILED, error=self._for_callers(error))
         except Exception as error:
             log.exception("job crashed")
             delay_s = min(300.0, 5.0 * 2 ** (job.attempt - 1))
-            message = f"{type(error).__name__}: {error}"
+            message = f"{type(error).__name__} (the server's log has the details)"
             try:
                 if retry_job(self.db, job, error=message, delay_s=delay_s):
                     log.info("job will be retried in %.0f s", delay_s)
@@ -512,6 +510,14 @@ class Worker:
         finally:
             done.set()
             JOB_SECONDS.labels(kind=job.kind.value).observe(time.perf_counter() - started)
+
+    def _for_callers(self, error: PromptlabelError) -> str:
+        """A job's error as the API caller may read it. The caller's own mistakes are explained;
+        a model the operator configured that does not load is the operator's to read (in the
+        log), and no message shows where the server keeps its data."""
+        if isinstance(error, ModelLoadError):
+            return "a model this server is configured with could not be loaded; its log says why"
+        return str(error).replace(f"{self.settings.data_dir.resolve()}{os.sep}", "")
 
     def _finish(self, job: ClaimedJob, status: JobStatus, **values: Any) -> None:
         try:

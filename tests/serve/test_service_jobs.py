@@ -4,7 +4,9 @@ cancel; on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import io
+import json
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -66,6 +68,25 @@ def test_label_job_end_to_end(service: Service) -> None:
     ).json()
     assert len(accepted_only["items"]) == 1
     assert accepted_only["items"][0]["counts"]["accepted"] > 0
+
+    def all_pages(**params: object) -> list[str]:
+        found: list[str] = []
+        offset: int | None = 0
+        while offset is not None:
+            page = service.client.get(
+                service.url(f"/jobs/{job['id']}/results"),
+                headers=service.headers,
+                params={**params, "offset": offset},
+            ).json()
+            found += [item["image_id"] for item in page["items"]]
+            offset = page["next_offset"]
+        return found
+
+    # Pages (filtered in the database) add up to the whole, in submission order.
+    assert all_pages(limit=3) == ids
+    for status in ("accepted", "rejected", "needs_review"):
+        having = [item["image_id"] for item in page["items"] if item["counts"].get(status, 0) > 0]
+        assert all_pages(label_status=status, limit=1) == having
 
     contents = {}
     for format, member in (("yolo", "data.yaml"), ("coco", "annotations/instances_train.json")):
@@ -202,3 +223,37 @@ def test_one_worker_runs_job_after_job_with_a_working_verifier(service: Service)
         result = done.json()["result"]
         assert result["verifier"]["errors"] == 0
         assert result["verifier"]["calls"] == sum(result["labels"].values())
+
+
+def test_callers_never_see_the_servers_paths_or_model_locations(
+    service: Service, tmp_path: Path
+) -> None:
+    upload(service, ("a.png", png_bytes(1)), ("b.png", png_bytes(2)))
+    job = submit(service, {"verifier": "fake"}).json()
+    service.run_jobs()
+    done = service.client.get(service.url(f"/jobs/{job['id']}"), headers=service.headers).json()
+    assert done["status"] == "succeeded", done
+    detector_path = service.settings.service_detectors["default"]
+    private = [str(service.settings.data_dir.resolve()), detector_path, "127.0.0.1"]
+    provenance = done["result"]["provenance"]
+    assert (provenance["detector"], provenance["verifier"]) == ("default", "fake")
+    export = service.client.get(
+        service.url(f"/jobs/{job['id']}/export"), headers=service.headers, params={"format": "yolo"}
+    )
+    files = _zip_files(export.content)
+    report = json.loads(files["report.json"])
+    assert report["provenance"]["detector"] == "default" and "path" not in report["dataset"]
+    image_paths = [json.loads(line)["path"] for line in files["labels.jsonl"].splitlines()]
+    assert all(path.startswith("images/") for path in image_paths), image_paths
+    for shown in (json.dumps(done), *(files[n].decode() for n in ("report.json", "review.json"))):
+        assert not any(secret in shown for secret in private), shown[:2000]
+
+    # A detector the operator configured that does not load: the caller learns no path.
+    service.settings.service_detectors["default"] = str(tmp_path / "no-such-model")
+    failed = submit(service, {"max_det": 2}).json()
+    service.run_jobs()
+    failed = service.client.get(
+        service.url(f"/jobs/{failed['id']}"), headers=service.headers
+    ).json()
+    assert failed["status"] == "failed"
+    assert "could not be loaded" in failed["error"] and str(tmp_path) not in failed["error"]
