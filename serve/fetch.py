@@ -16,7 +16,9 @@ The check happens on the address actually connected to, after DNS, on every redi
 
 Errors: ``UrlRefused`` (an ``InputError``) when the destination is not allowed; a plain
 ``InputError`` when the URL is malformed or the fetch fails. Messages name the URL (without any
-credentials) and say what to do.
+credentials) and say what to do. They go back to whoever gave the URL, so they never repeat what
+the server's DNS answered (an internal name's private address, the resolver's error): that goes
+to this module's logger only.
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ _REFUSED_NETWORKS: tuple[tuple[IPNetwork, str], ...] = tuple(
         ("127.0.0.0/8", "loopback"),
         ("169.254.169.254/32", "link-local (cloud metadata)"),
         ("169.254.0.0/16", "link-local"),
+        # Azure's WireServer / host agent: a public-looking address that only the VM reaches.
+        ("168.63.129.16/32", "cloud platform (Azure WireServer)"),
         ("172.16.0.0/12", "private"),
         ("192.0.0.0/24", "reserved (IETF protocol assignments)"),
         ("192.0.2.0/24", "reserved (documentation)"),
@@ -94,6 +98,8 @@ _REFUSED_NETWORKS: tuple[tuple[IPNetwork, str], ...] = tuple(
         ("100::/64", "reserved (discard-only)"),
         ("2001::/23", "reserved (IETF protocol assignments)"),
         ("2001:db8::/32", "reserved (documentation)"),
+        ("3fff::/20", "reserved (documentation)"),  # RFC 9637; global in Python 3.11
+        ("5f00::/16", "reserved (segment routing SIDs)"),  # RFC 9602; global in Python 3.11
         ("fc00::/7", "private (unique local)"),
         ("fe80::/10", "link-local"),
         ("fec0::/10", "site-local"),
@@ -101,13 +107,17 @@ _REFUSED_NETWORKS: tuple[tuple[IPNetwork, str], ...] = tuple(
     ]
 )
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# SIIT "IPv4-translated" addresses (RFC 2765, ::ffff:0:a.b.c.d), unlike ::ffff:a.b.c.d unknown
+# to ipaddress; a translator in the path turns them into the IPv4 address.
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
 
 
 class UrlRefused(InputError):
     """The URL's destination is not allowed (a non-public address, credentials in the URL).
 
     ``url`` is the URL as asked (credentials removed), ``address`` the refused IP address when
-    there is one, ``reason`` a short word such as ``"loopback"``.
+    there is one, ``reason`` a short word such as ``"loopback"``. ``address`` and ``reason`` are
+    for the server's logs: when they come from DNS, the message (what the caller sees) omits them.
     """
 
     def __init__(self, message: str, *, url: str, address: str | None, reason: str) -> None:
@@ -243,8 +253,11 @@ class FetchClient:
                 url, max_bytes=max_bytes, timeout_s=timeout_s, max_redirects=max_redirects
             )
         except UrlRefused as refused:
-            # A refusal can be an attack probing the network: worth a line in the logs.
-            logger.info("URL fetch refused: %s", refused)
+            # A refusal can be an attack probing the network: worth a line in the logs, with the
+            # address and its kind, which the message leaves out when DNS told them.
+            logger.info(
+                "URL fetch refused: %s [address %s, %s]", refused, refused.address, refused.reason
+            )
             raise
         finally:
             _DEADLINE.reset(token)
@@ -262,19 +275,25 @@ class FetchClient:
                 )
             except _AddressRefused as refused:
                 where = f"redirected to {hop}, whose host" if hop else "host"
+                # Not the address nor its kind: they would tell the caller what the server's
+                # DNS says about any name (fetch() logs both).
                 raise UrlRefused(
-                    f"{shown}: refused: {where} {refused.host!r} resolves to {refused.address}, "
-                    f"a {refused.reason} address; add the address (or its network) or the host "
-                    f"name to {ALLOWLIST_SETTING} if the service may reach it",
+                    f"{shown}: refused: {where} {refused.host!r} resolves to an address that is "
+                    f"not public; if the service may reach it, add the host name (or the address "
+                    f"named in the server log) to {ALLOWLIST_SETTING}",
                     url=shown,
                     address=refused.address,
                     reason=refused.reason,
                 ) from None
             except _ResolveFailed as failed:
+                # The resolver's own words stay in the log, like a refused address.
+                logger.info(
+                    "URL fetch of %s: cannot resolve host %r: %s", shown, failed.host, failed.detail
+                )
                 raise InputError(
                     f"{shown}: cannot resolve host {failed.host!r}"
                     + (f" (redirected to {hop})" if hop else "")
-                    + f": {failed.detail}; check the host name"
+                    + "; check the host name"
                 ) from None
             except httpcore.TimeoutException:
                 raise InputError(
@@ -460,7 +479,7 @@ class _AddressRefused(Exception):
 
 class _ResolveFailed(Exception):
     def __init__(self, host: str, detail: str) -> None:
-        super().__init__(f"{host}: {detail}")
+        super().__init__(host, detail)
         self.host = host
         self.detail = detail
 
@@ -594,20 +613,25 @@ def _non_public_reason(ip: IPAddress) -> str | None:
             return reason
     if ip.is_multicast:
         return "multicast"
+    # IPv6 space IANA has not given out for unicast (outside 2000::/3), which Python 3.11
+    # still calls global; new special blocks (5f00::/16 was one) tend to be carved from it.
+    if ip.is_reserved:
+        return "reserved"
     if not ip.is_global:
         return "non-public"
     return None
 
 
 def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address stands for (mapped, compatible, 6to4, NAT64), if any;
-    connecting to such an address may reach that IPv4 address."""
+    """The IPv4 address an IPv6 address stands for (mapped, compatible, 6to4, NAT64, SIIT
+    translated), if any; connecting to such an address may reach that IPv4 address."""
     if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     if ip.sixtofour is not None:
         return ip.sixtofour
     value = int(ip)
-    if ip in _NAT64 or (value >> 32 == 0 and value > 1):  # NAT64, IPv4-compatible (::a.b.c.d)
+    # NAT64, SIIT translated (::ffff:0:a.b.c.d), IPv4-compatible (::a.b.c.d)
+    if ip in _NAT64 or ip in _IPV4_TRANSLATED or (value >> 32 == 0 and value > 1):
         return ipaddress.IPv4Address(value & 0xFFFF_FFFF)
     return None
 

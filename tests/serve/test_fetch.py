@@ -5,6 +5,8 @@ is how the tests prove that a refused destination is refused before any connecti
 from __future__ import annotations
 
 import gzip
+import ipaddress
+import logging
 import shutil
 import socket
 import ssl
@@ -310,13 +312,21 @@ def test_loopback_is_refused_without_allowlist(
 
 
 def test_host_name_resolving_to_loopback_is_refused_after_dns(
-    server: _Server, spied: Callable[..., Spied]
+    server: _Server, spied: Callable[..., Spied], caplog: pytest.LogCaptureFixture
 ) -> None:
     spy = spied(UrlPolicy(), answers={"public.example": ["127.0.0.1"]})
-    with pytest.raises(UrlRefused) as caught:
+    with caplog.at_level(logging.INFO, logger="serve.fetch"), pytest.raises(UrlRefused) as caught:
         spy.fetch(server.url("/img", host="public.example"))
+    # The caller learns that the host is refused, not what the server's DNS says about it; the
+    # server log keeps the address and its kind.
     message = str(caught.value)
-    assert "'public.example' resolves to 127.0.0.1, a loopback address" in message
+    assert "'public.example' resolves to an address that is not public" in message
+    assert "PROMPTLABEL_URL_ALLOWLIST" in message
+    assert "127.0.0.1" not in message
+    assert "loopback" not in message
+    assert (caught.value.address, caught.value.reason) == ("127.0.0.1", "loopback")
+    assert "127.0.0.1" in caplog.text
+    assert "loopback" in caplog.text
     assert spy.resolver.calls == [("public.example", server.port)]
     assert spy.backend.connects == []
     assert server.requests == []
@@ -326,8 +336,10 @@ def test_one_private_answer_among_public_ones_refuses_the_host(
     spied: Callable[..., Spied],
 ) -> None:
     spy = spied(UrlPolicy(), answers={"mixed.example": ["93.184.216.34", "10.0.0.1"]})
-    with pytest.raises(UrlRefused, match=r"10\.0\.0\.1, a private address"):
+    with pytest.raises(UrlRefused, match="resolves to an address that is not public") as caught:
         spy.fetch("http://mixed.example/cat.png")
+    assert (caught.value.address, caught.value.reason) == ("10.0.0.1", "private")
+    assert "10.0.0.1" not in str(caught.value)
     assert spy.backend.connects == []
 
 
@@ -338,6 +350,7 @@ REFUSED_ADDRESSES = [
     ("192.168.1.1", "private"),
     ("169.254.169.254", "link-local (cloud metadata)"),
     ("169.254.1.1", "link-local"),
+    ("168.63.129.16", "cloud platform (Azure WireServer)"),
     ("100.64.0.1", "shared (carrier-grade NAT)"),
     ("127.0.0.2", "loopback"),
     ("0.0.0.0", "unspecified ('this network')"),
@@ -352,11 +365,17 @@ REFUSED_ADDRESSES = [
     ("fd12:3456::1", "private (unique local)"),
     ("fec0::1", "site-local"),
     ("ff02::1", "multicast"),
+    ("3fff::1", "reserved (documentation)"),
+    ("5f00::1", "reserved (segment routing SIDs)"),
+    ("4000::1", "reserved"),  # not yet given out for unicast
     ("::ffff:127.0.0.1", "loopback"),
     ("::ffff:a9fe:a9fe", "link-local (cloud metadata)"),
     ("::7f00:1", "loopback"),  # IPv4-compatible
     ("64:ff9b::a00:1", "private"),  # NAT64 of 10.0.0.1
     ("2002:a9fe:a9fe::1", "link-local (cloud metadata)"),  # 6to4 of 169.254.169.254
+    ("::ffff:0:a9fe:a9fe", "link-local (cloud metadata)"),  # SIIT translated
+    ("::ffff:0:7f00:1", "loopback"),  # SIIT translated
+    ("64:ff9b::a83f:8110", "cloud platform (Azure WireServer)"),  # NAT64 of 168.63.129.16
 ]
 
 
@@ -385,6 +404,11 @@ def test_host_name_resolving_to_non_public_address_is_refused_before_connecting(
     with pytest.raises(UrlRefused) as caught:
         spy.fetch("http://cdn.example/cat.png")
     assert caught.value.reason == reason
+    resolved = str(ipaddress.ip_address(address))  # as the fetcher spells it
+    assert caught.value.address == resolved
+    assert "resolves to an address that is not public" in str(caught.value)
+    assert f"{resolved}," not in str(caught.value)
+    assert f"a {reason} address" not in str(caught.value)
     assert spy.resolver.calls == [("cdn.example", 80)]
     assert spy.backend.connects == []
 
@@ -595,9 +619,17 @@ def test_connection_refused_is_reported() -> None:
         fetch_url(f"http://127.0.0.1:{port}/img", policy=LOOPBACK, max_bytes=1000)
 
 
-def test_unknown_host_is_reported(spied: Callable[..., Spied]) -> None:
-    with pytest.raises(InputError, match=r"cannot resolve host 'nowhere\.example'"):
+def test_unknown_host_is_reported(
+    spied: Callable[..., Spied], caplog: pytest.LogCaptureFixture
+) -> None:
+    with (
+        caplog.at_level(logging.INFO, logger="serve.fetch"),
+        pytest.raises(InputError, match=r"cannot resolve host 'nowhere\.example'") as caught,
+    ):
         spied(UrlPolicy()).fetch("http://nowhere.example/cat.png")
+    # The resolver's own error is for the server log only.
+    assert "Name or service not known" not in str(caught.value)
+    assert "Name or service not known" in caplog.text
 
 
 # --- HTTPS: the certificate is checked against the URL's host name, not the address ---
@@ -665,6 +697,8 @@ def test_policy_from_strings_parses_networks_and_host_names() -> None:
     assert policy.refusal_reason("93.184.216.34") is None
     assert policy.refusal_reason("2606:4700::1") is None
     assert policy.refusal_reason("64:ff9b::808:808") is None  # NAT64 of a public address
+    assert policy.refusal_reason("::ffff:0:808:808") is None  # SIIT form of a public address
+    assert policy.refusal_reason("::ffff:0:a02:304") is None  # SIIT form of an allowed one
 
 
 @pytest.mark.parametrize(
