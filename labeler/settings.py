@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     # CIDRs or host names that URL ingestion may reach although they are private (JSON list).
     url_allowlist: list[str] = []
     fetch_timeout_s: float = 15.0
+    # For all the URLs of one /images/fetch request: those not fetched by then are rejected.
+    fetch_request_timeout_s: float = 120.0
     max_redirects: int = 3
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -160,42 +161,82 @@ class IngestResult:
     rejected: list[tuple[str, str, str]]  # (name, reason, detail)
 
 
-def _keep(
-    db: Database,
-    settings: Settings,
-    *,
-    project_id: str,
-    name: str,
-    data: bytes,
-    result: IngestResult,
-    source: str,
-    source_url: str | None = None,
-) -> None:
-    from serve.ingest import check_image_bytes
+def _project_image(db: Database, *, project_id: str, sha256: str) -> StoredImage | None:
+    with db.read() as connection:
+        row = connection.execute(
+            sa.select(images).where(images.c.project_id == project_id, images.c.sha256 == sha256)
+        ).first()
+    return None if row is None else _stored(row)
 
-    try:
-        info = check_image_bytes(
-            data,
-            filename=name,
-            max_bytes=settings.max_image_bytes,
-            max_pixels=settings.max_image_pixels,
-        )
-    except ImageError as error:
-        result.rejected.append((name, error.reason, error.detail))
-        IMAGES_INGESTED.labels(source=source, outcome="rejected").inc()
-        return
-    result.accepted.append(
-        store_image(
-            db,
-            data_dir=settings.data_dir,
-            project_id=project_id,
-            data=data,
-            info=info,
-            filename=name,
-            source_url=source_url,
-        )
-    )
-    IMAGES_INGESTED.labels(source=source, outcome="accepted").inc()
+
+class _Ingest:
+    """The images of one request, judged and kept one by one into ``result``.
+
+    Bytes are hashed before they are decoded: bytes this request has judged already get the
+    same verdict, and bytes the project already holds are that image (it was checked when it
+    was stored), so a thousand copies of one costly image cost one decode.
+    """
+
+    def __init__(self, db: Database, settings: Settings, *, project_id: str) -> None:
+        self.db = db
+        self.settings = settings
+        self.project_id = project_id
+        self.result = IngestResult(accepted=[], rejected=[])
+        # sha256 -> the image these bytes are, or why they were refused (reason, detail)
+        self._verdicts: dict[str, StoredImage | tuple[str, str]] = {}
+
+    def reject(self, name: str, reason: str, detail: str, *, source: str) -> None:
+        self.result.rejected.append((name, reason, detail))
+        outcome = "refused" if reason == "refused" else "rejected"
+        IMAGES_INGESTED.labels(source=source, outcome=outcome).inc()
+
+    def _known(self, sha256: str, data: bytes) -> StoredImage | tuple[str, str] | None:
+        """What this request or the project already found ``data`` to be; None if new."""
+        verdict = self._verdicts.get(sha256)
+        if verdict is None:
+            verdict = _project_image(self.db, project_id=self.project_id, sha256=sha256)
+            if verdict is not None:
+                # Its file may have been lost from disk: these are its bytes, put them back.
+                path = blob_path(self.settings.data_dir, sha256, verdict.extension)
+                _write_blob(path, data)
+                self._verdicts[sha256] = verdict
+        return verdict
+
+    def keep(self, *, name: str, data: bytes, source: str, source_url: str | None = None) -> None:
+        from serve.ingest import check_image_bytes
+
+        settings = self.settings
+        # Bytes over the size limit are refused unread: no need to hash them.
+        too_large = len(data) > settings.max_image_bytes
+        sha256 = None if too_large else hashlib.sha256(data).hexdigest()
+        verdict = None if sha256 is None else self._known(sha256, data)
+        if verdict is None:
+            try:
+                info = check_image_bytes(
+                    data,
+                    filename=name,
+                    max_bytes=settings.max_image_bytes,
+                    max_pixels=settings.max_image_pixels,
+                )
+            except ImageError as error:
+                verdict = (error.reason, error.detail)
+            else:
+                verdict = store_image(
+                    self.db,
+                    data_dir=settings.data_dir,
+                    project_id=self.project_id,
+                    data=data,
+                    info=info,
+                    filename=name,
+                    source_url=source_url,
+                )
+            if sha256 is not None:
+                self._verdicts[sha256] = verdict
+        if isinstance(verdict, StoredImage):
+            self.result.accepted.append(verdict)
+            IMAGES_INGESTED.labels(source=source, outcome="accepted").inc()
+        else:
+            self.reject(name, *verdict, source=source)
 
 
 def ingest_files(
@@ -204,89 +245,97 @@ def ingest_files(
     """Validate and keep uploaded files (images, or zip archives of images).
 
     Every file (and every archive member) is judged on its own: a bad one is listed in
-    ``rejected`` with its reason and the rest are kept.
+    ``rejected`` with its reason and the rest are kept. The archives of one request share one
+    budget of ``max_zip_members`` entries and ``max_zip_total_bytes`` decompressed bytes; an
+    archive that would pass it is refused with reason ``upload_limit``.
     """
-    from serve.ingest import RejectedMember, is_zip, iter_zip_members
+    from serve.ingest import (
+        RejectedMember,
+        UploadBudget,
+        UploadLimitReached,
+        is_zip,
+        iter_zip_members,
+        shown_name,
+    )
 
-    result = IngestResult(accepted=[], rejected=[])
-    for name, handle in files:
+    ingest = _Ingest(db, settings, project_id=project_id)
+    budget = UploadBudget(
+        max_entries=settings.max_zip_members, max_bytes=settings.max_zip_total_bytes
+    )
+    for raw_name, handle in files:
+        name = shown_name(raw_name)
         head = handle.read(4)
         handle.seek(0)
         if not is_zip(head):
             data = handle.read(settings.max_image_bytes + 1)
-            _keep(
-                db,
-                settings,
-                project_id=project_id,
-                name=name,
-                data=data,
-                result=result,
-                source="upload",
-            )
+            ingest.keep(name=name, data=data, source="upload")
             continue
         try:
             for member in iter_zip_members(
-                handle,
-                max_members=settings.max_zip_members,
-                max_member_bytes=settings.max_image_bytes,
-                max_total_bytes=settings.max_zip_total_bytes,
+                handle, max_member_bytes=settings.max_image_bytes, budget=budget
             ):
-                member_name = f"{name}/{member.name}"
+                member_name = shown_name(f"{name}/{member.name}")
                 if isinstance(member, RejectedMember):
-                    result.rejected.append((member_name, member.reason, member.detail))
+                    ingest.result.rejected.append((member_name, member.reason, member.detail))
                     continue
-                _keep(
-                    db,
-                    settings,
-                    project_id=project_id,
-                    name=member_name,
-                    data=member.data,
-                    result=result,
-                    source="zip",
-                )
+                ingest.keep(name=member_name, data=member.data, source="zip")
+        except UploadLimitReached as error:
+            ingest.result.rejected.append((name, "upload_limit", str(error)))
         except InputError as error:
-            result.rejected.append((name, "bad_archive", str(error)))
-    return result
+            ingest.result.rejected.append((name, "bad_archive", str(error)))
+    return ingest.result
 
 
 def ingest_urls(
     db: Database, settings: Settings, *, project_id: str, urls: list[str]
 ) -> IngestResult:
-    """Fetch each URL (SSRF-guarded, see ``serve.fetch``) and keep the images among them."""
+    """Fetch each URL (SSRF-guarded, see ``serve.fetch``) and keep the images among them.
+
+    The URLs are fetched one after another within ``fetch_request_timeout_s`` in all (each
+    within ``fetch_timeout_s``): those not fetched in time are rejected with reason
+    ``deadline`` and the images fetched before are kept.
+    """
     from serve.fetch import UrlPolicy, UrlRefused, fetch_url
+    from serve.ingest import shown_name
 
     if len(urls) > settings.max_urls_per_request:
         raise InputError(
             f"urls: {len(urls)} URLs in one request; the limit is {settings.max_urls_per_request}"
         )
     policy = UrlPolicy.from_strings(settings.url_allowlist)
-    result = IngestResult(accepted=[], rejected=[])
-    for url in urls:
+    ingest = _Ingest(db, settings, project_id=project_id)
+    request_s = settings.fetch_request_timeout_s
+    deadline = time.monotonic() + request_s
+    ran_out = (
+        f"this request's {request_s:g} s for fetching its URLs "
+        "(PROMPTLABEL_FETCH_REQUEST_TIMEOUT_S) ran out"
+    )
+    for index, url in enumerate(urls):
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:
+            for late in urls[index:]:
+                detail = f"not fetched: {ran_out} before this URL; send it in another request"
+                ingest.reject(shown_name(late), "deadline", detail, source="url")
+            break
+        timeout_s = min(settings.fetch_timeout_s, left_s)
         try:
             fetched = fetch_url(
                 url,
                 policy=policy,
                 max_bytes=settings.max_image_bytes,
-                timeout_s=settings.fetch_timeout_s,
+                timeout_s=timeout_s,
                 max_redirects=settings.max_redirects,
             )
         except UrlRefused as error:
-            result.rejected.append((url, "refused", str(error)))
-            IMAGES_INGESTED.labels(source="url", outcome="refused").inc()
+            ingest.reject(shown_name(url), "refused", str(error), source="url")
             continue
         except InputError as error:
-            result.rejected.append((url, "fetch_failed", str(error)))
-            IMAGES_INGESTED.labels(source="url", outcome="rejected").inc()
+            if timeout_s < settings.fetch_timeout_s and time.monotonic() >= deadline:
+                # Its own time was cut short by the request's: say so, not "the server is slow".
+                ingest.reject(shown_name(url), "deadline", f"{error} ({ran_out})", source="url")
+            else:
+                ingest.reject(shown_name(url), "fetch_failed", str(error), source="url")
             continue
         name = Path(urlsplit(fetched.final_url).path).name or "image"
-        _keep(
-            db,
-            settings,
-            project_id=project_id,
-            name=name,
-            data=fetched.content,
-            result=result,
-            source="url",
-            source_url=url,
-        )
-    return result
+        ingest.keep(name=shown_name(name), data=fetched.content, source="url", source_url=url)
+    return ingest.result

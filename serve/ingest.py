@@ -8,33 +8,45 @@ usable, and a zip member is read (never extracted) with its size enforced while 
 ``truncated``, ``corrupt``) plus ``too_large`` and ``unsupported_format`` (a GIF, HEIC, ...).
 
 ``iter_zip_members`` yields each member as a ``ZipMember`` or a ``RejectedMember`` whose reason
-is one of ``unsafe_path``, ``symlink``, ``special_file``, ``encrypted``, ``nested_archive``,
-``unsupported_compression``, ``too_large`` or ``corrupt``; it raises ``InputError`` only for
-the archive as a whole (not a zip, too many entries, too many bytes in all).
+is one of ``unsafe_path``, ``bad_name``, ``symlink``, ``special_file``, ``encrypted``,
+``nested_archive``, ``unsupported_compression``, ``too_large`` or ``corrupt``; it raises
+``InputError`` only for the archive as a whole: not a zip, or (``UploadLimitReached``) more
+entries or decompressed bytes than the request's ``UploadBudget`` has left. One budget is shared
+by all the archives of a request, so that a request of many archives costs no more than one.
+
+Decoding is the costly part (a 10 KB PNG can hold 81 M pixels: half a second and half a GiB),
+so ``check_image_bytes`` lets at most ``DECODE_SLOTS`` decodes run at once in the process.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import os
 import re
 import stat
 import struct
+import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, cast
 
 from labeler.exceptions import ImageError, InputError
 from labeler.images import decode_image_bytes
 
 __all__ = [
     "ACCEPTED_FORMATS",
+    "DECODE_SLOTS",
     "ImageInfo",
     "RejectedMember",
+    "UploadBudget",
+    "UploadLimitReached",
     "ZipMember",
     "check_image_bytes",
     "is_zip",
     "iter_zip_members",
+    "shown_name",
 ]
 
 # Pillow's format name -> the extension the bytes are stored under. MPO (a phone's multi-picture
@@ -89,8 +101,27 @@ _READABLE_COMPRESSION = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED})
 _COMPRESSION_NAMES = {zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "LZMA", 9: "Deflate64"}
 _COMPRESSION_NAMES |= {93: "Zstandard", 99: "WinZip AES"}
 _ENCRYPTED_FLAGS = 0x0001 | 0x0040  # traditional and strong encryption
+_UTF8_NAME_FLAG = 0x0800
 _CHUNK_BYTES = 1 << 20
-_CENTRAL_RECORD = struct.Struct("<4s24x3H12x")  # signature .. name, extra, comment lengths ..
+# signature, flags, .. name, extra and comment lengths ..
+_CENTRAL_RECORD = struct.Struct("<4s4xH18x3H12x")
+_FLAGS_HIGH_BYTE = 9  # offset in a central record of the byte holding the UTF-8 name flag
+# A name is shown (in answers and logs) cut to this many characters: a zip name can be 64 KiB
+# and a request can hold thousands of them.
+_SHOWN_CHARS = 1024
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # the CPUs this process may run on (cgroups, taskset)
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+# Image decodes that may run at once in this process: uploads run in a thread pool of 40, and
+# each decode can hold ~0.5 GiB (an image at the pixel limit); more than one per CPU only
+# multiplies the memory.
+DECODE_SLOTS = threading.BoundedSemaphore(max(1, _cpu_count()))
 
 
 @dataclass(frozen=True)
@@ -114,6 +145,57 @@ class RejectedMember:
     name: str  # the path inside the archive, control characters escaped
     reason: str
     detail: str = ""
+
+
+class UploadLimitReached(InputError):
+    """An archive is refused because the request's ``UploadBudget`` cannot cover it."""
+
+
+@dataclass
+class UploadBudget:
+    """What one request may still spend on archives: entries (files and folders) and bytes
+    decompressed, shared by all its archives. ``iter_zip_members`` takes from it."""
+
+    max_entries: int
+    max_bytes: int
+    entries_used: int = 0
+    bytes_used: int = 0
+
+    @property
+    def entries_left(self) -> int:
+        return max(0, self.max_entries - self.entries_used)
+
+    @property
+    def bytes_left(self) -> int:
+        return max(0, self.max_bytes - self.bytes_used)
+
+
+def _limit_words(left: int, limit: int, unit: str) -> str:
+    """How a refusal for the budget ends: the limit, and what the archives before used."""
+    if left == limit:
+        return f"the limit is {limit} {unit}"
+    return (
+        f"the limit is {limit} {unit} for all the archives of one upload and {left} are "
+        "left after the archives before it; send it in another upload"
+    )
+
+
+def shown_name(name: str, *, limit: int = _SHOWN_CHARS) -> str:
+    """``name`` safe to log and show: control characters (NUL, newlines, ...) escaped, and at
+    most ``limit`` characters, the middle cut out as "…" so that the start and the extension
+    stay. Only what is shown is escaped: a name may be megabytes long."""
+    if len(name) <= limit:
+        shown = _escaped(name)
+        if len(shown) <= limit:
+            return shown
+    keep = (limit - 1) // 2
+    head = _escaped(name[:keep])[:keep]
+    tail = _escaped(name[-keep:])[-keep:] if keep else ""
+    return f"{head}…{tail}"
+
+
+def _escaped(name: str) -> str:
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in name)
 
 
 def is_zip(head: bytes) -> bool:
@@ -144,16 +226,18 @@ def check_image_bytes(data: bytes, *, filename: str, max_bytes: int, max_pixels:
     """Prove that ``data`` is one usable image by decoding it fully, once, in memory.
 
     The size is checked before anything else and the pixel count from the header before any
-    pixel is decoded. Raises ImageError naming ``filename`` with reason ``too_large``,
-    ``zero_bytes``, ``not_an_image`` (the detail says what the file looks like, e.g. a PDF),
-    ``unsupported_format``, ``too_many_pixels``, ``truncated`` or ``corrupt``.
+    pixel is decoded; the decode waits for one of the ``DECODE_SLOTS``. Raises ImageError
+    naming ``filename`` with reason ``too_large``, ``zero_bytes``, ``not_an_image`` (the
+    detail says what the file looks like, e.g. a PDF), ``unsupported_format``,
+    ``too_many_pixels``, ``truncated`` or ``corrupt``.
     """
     if len(data) > max_bytes:
         raise ImageError(filename, "too_large", f"larger than the limit of {max_bytes} bytes")
     try:
-        decoded = decode_image_bytes(
-            data, name=filename, max_pixels=max_pixels, formats=ACCEPTED_FORMATS
-        )
+        with DECODE_SLOTS:
+            decoded = decode_image_bytes(
+                data, name=filename, max_pixels=max_pixels, formats=ACCEPTED_FORMATS
+            )
     except ImageError as error:
         if error.reason != "not_an_image":
             raise
@@ -176,11 +260,6 @@ def check_image_bytes(data: bytes, *, filename: str, max_bytes: int, max_pixels:
 
 
 # ----------------------------------------------------------------------------- zip archives
-
-
-def _shown(name: str) -> str:
-    """``name`` with control characters (NUL, newlines, ...) escaped, safe to log and show."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in name)
 
 
 def _unsafe_path(name: str) -> str:
@@ -206,13 +285,23 @@ def _is_junk(name: str) -> bool:
     return bool(parts) and parts[-1].lower() in _JUNK_FILE_NAMES
 
 
-def _count_entries(file: IO[bytes], *, stop_after: int) -> int | None:
-    """Entries in the central directory, counted from the raw records and at most
-    ``stop_after + 1``; None when the records cannot be walked (zipfile then says why).
+@dataclass(frozen=True)
+class _Directory:
+    entries: int  # at most stop_after + 1
+    # Entries flagged as UTF-8 whose names are not: index in the directory -> the raw name.
+    bad_names: dict[int, bytes]
+    # File offsets of the bytes holding those entries' UTF-8 flags.
+    bad_flag_offsets: tuple[int, ...]
+
+
+def _scan_directory(file: IO[bytes], *, stop_after: int) -> _Directory | None:
+    """The central directory walked from its raw records, at most ``stop_after + 1`` entries;
+    None when the records cannot be walked (zipfile then says why).
 
     zipfile builds an object per entry before anyone can count them, and an upload of empty
-    entries (46 bytes each) would become millions of objects. This walk keeps nothing per
-    entry. It finds the central directory as zipfile does, with zipfile's own end-record reader.
+    entries (46 bytes each) would become millions of objects; and it refuses the whole archive
+    when one name flagged as UTF-8 is not. This walk keeps nothing per good entry. It finds the
+    central directory as zipfile does, with zipfile's own end-record reader.
     """
     end_record = getattr(zipfile, "_EndRecData", None)
     if end_record is None:  # a future zipfile: the count after parsing still holds
@@ -231,24 +320,78 @@ def _count_entries(file: IO[bytes], *, stop_after: int) -> int | None:
         return None
     file.seek(start)
     entries = walked = 0
+    bad_names: dict[int, bytes] = {}
+    bad_flag_offsets: list[int] = []
     while walked < size_cd and entries <= stop_after:
         record = file.read(_CENTRAL_RECORD.size)
         if len(record) != _CENTRAL_RECORD.size:
             return None
-        signature, name_length, extra_length, comment_length = _CENTRAL_RECORD.unpack(record)
+        signature, flags, name_length, extra_length, comment_length = _CENTRAL_RECORD.unpack(record)
         if signature != b"PK\x01\x02":
             return None
+        skipped = name_length
+        if flags & _UTF8_NAME_FLAG:
+            name = file.read(name_length)
+            skipped = 0
+            try:
+                name.decode("utf-8")
+            except UnicodeDecodeError:
+                bad_names[entries] = name
+                bad_flag_offsets.append(start + walked + _FLAGS_HIGH_BYTE)
         variable = name_length + extra_length + comment_length
-        file.seek(variable, 1)
+        file.seek(variable - name_length + skipped, 1)
         walked += _CENTRAL_RECORD.size + variable
         entries += 1
-    return entries
+    return _Directory(entries, bad_names, tuple(bad_flag_offsets))
 
 
-def _verdict(info: zipfile.ZipInfo, *, max_member_bytes: int) -> RejectedMember | bool:
-    """A rejection, True to read the member, or False to skip it silently (folders, junk)."""
+class _UnflaggedNames:
+    """``file`` with the UTF-8 flag cleared in the directory records at ``flag_offsets``, so
+    that zipfile reads those names as bytes (cp437) instead of refusing the whole archive; the
+    members themselves are then rejected one by one. Only what zipfile calls is provided."""
+
+    def __init__(self, file: IO[bytes], flag_offsets: tuple[int, ...]) -> None:
+        self._file = file
+        self._offsets = sorted(flag_offsets)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        start = self._file.tell()
+        data = self._file.read(size)
+        first = bisect.bisect_left(self._offsets, start)
+        last = bisect.bisect_left(self._offsets, start + len(data))
+        if first == last:
+            return data
+        patched = bytearray(data)
+        for offset in self._offsets[first:last]:
+            patched[offset - start] &= ~(_UTF8_NAME_FLAG >> 8) & 0xFF
+        return bytes(patched)
+
+
+def _verdict(
+    info: zipfile.ZipInfo, *, max_member_bytes: int, index: int, bad_name: bytes | None
+) -> RejectedMember | bool:
+    """A rejection, True to read the member, or False to skip it silently (folders, junk).
+
+    ``index`` is the member's place in the directory, ``bad_name`` its raw name when the
+    name is flagged as UTF-8 but is not."""
+    if bad_name is not None:
+        return RejectedMember(
+            shown_name(bad_name.decode("utf-8", "backslashreplace")),
+            "bad_name",
+            f"entry {index + 1} of the archive: its name is marked as UTF-8 but is not valid "
+            "UTF-8; rename the file",
+        )
     name = info.orig_filename  # zipfile cuts ``filename`` at a NUL byte; the original keeps it
-    shown = _shown(name)
+    shown = shown_name(name)
     unsafe = _unsafe_path(name)
     if unsafe:
         return RejectedMember(shown, "unsafe_path", unsafe)
@@ -282,10 +425,10 @@ def _read_member(
 ) -> tuple[ZipMember | RejectedMember, int]:
     """The member's bytes (or why not) and how many bytes were decompressed to find out.
 
-    Reading stops as soon as the member passes ``max_member_bytes`` or the archive's remaining
+    Reading stops as soon as the member passes ``max_member_bytes`` or the request's remaining
     ``budget_bytes``, whatever its header declared.
     """
-    shown = _shown(info.orig_filename)
+    shown = shown_name(info.orig_filename)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -314,44 +457,56 @@ def _read_member(
 
 
 def iter_zip_members(
-    file: IO[bytes], *, max_members: int, max_member_bytes: int, max_total_bytes: int
+    file: IO[bytes], *, max_member_bytes: int, budget: UploadBudget
 ) -> Iterator[ZipMember | RejectedMember]:
     """Each regular file of the zip in ``file`` (seekable), in archive order, as its bytes or
     as the reason it is refused; folders, hidden files and ``__MACOSX/`` are skipped silently.
 
     A bad member is yielded as a ``RejectedMember`` and the rest go on. Raises InputError for
-    the whole archive: not a zip (or its directory is damaged), more than ``max_members``
-    entries (folders included; checked before any member is read), or more than
-    ``max_total_bytes`` decompressed in all (checked against the sizes the members declare
-    before any is read, and enforced while reading, since a header can lie).
+    the whole archive when it is not a zip (or its directory is damaged), and its subclass
+    UploadLimitReached when it has more entries (folders included; checked before any member
+    is read) or decompresses to more bytes (checked against the sizes the members declare
+    before any is read, and enforced while reading, since a header can lie) than ``budget``
+    has left. The entries and the bytes read are taken from ``budget``.
     """
-    entries = _count_entries(file, stop_after=max_members)
-    if entries is not None and entries > max_members:
-        raise InputError(
-            f"the archive has more than {max_members} entries (files and folders); "
-            f"the limit is {max_members}"
+    entries_left, bytes_left = budget.entries_left, budget.bytes_left
+    directory = _scan_directory(file, stop_after=entries_left)
+    if directory is not None and directory.entries > entries_left:
+        raise UploadLimitReached(
+            f"the archive has more than {entries_left} entries (files and folders); "
+            + _limit_words(entries_left, budget.max_entries, "entries")
         )
+    bad_names = directory.bad_names if directory is not None else {}
     try:
-        archive = zipfile.ZipFile(file)
+        if directory is not None and directory.bad_flag_offsets:
+            patched = _UnflaggedNames(file, directory.bad_flag_offsets)
+            archive = zipfile.ZipFile(cast(IO[bytes], patched))
+        else:
+            archive = zipfile.ZipFile(file)
     except Exception as exc:  # zipfile raises many types on a damaged directory
         raise InputError(f"not a readable zip archive ({type(exc).__name__}: {exc})") from None
     with archive:
         infos = archive.infolist()
-        if len(infos) > max_members:
-            raise InputError(
+        if len(infos) > entries_left:
+            raise UploadLimitReached(
                 f"the archive has {len(infos)} entries (files and folders); "
-                f"the limit is {max_members}"
+                + _limit_words(entries_left, budget.max_entries, "entries")
             )
-        verdicts = [_verdict(info, max_member_bytes=max_member_bytes) for info in infos]
+        verdicts = [
+            _verdict(
+                info, max_member_bytes=max_member_bytes, index=index, bad_name=bad_names.get(index)
+            )
+            for index, info in enumerate(infos)
+        ]
         declared_bytes = sum(
             info.file_size for info, verdict in zip(infos, verdicts, strict=True) if verdict is True
         )
-        if declared_bytes > max_total_bytes:
-            raise InputError(
+        if declared_bytes > bytes_left:
+            raise UploadLimitReached(
                 f"the archive's files add up to {declared_bytes} bytes once decompressed; "
-                f"the limit is {max_total_bytes} bytes"
+                + _limit_words(bytes_left, budget.max_bytes, "bytes")
             )
-        used_bytes = 0
+        budget.entries_used += len(infos)
         for info, verdict in zip(infos, verdicts, strict=True):
             if verdict is False:
                 continue
@@ -362,12 +517,14 @@ def iter_zip_members(
                 archive,
                 info,
                 max_member_bytes=max_member_bytes,
-                budget_bytes=max_total_bytes - used_bytes,
+                budget_bytes=budget.bytes_left,
             )
-            used_bytes += read_bytes
-            if used_bytes > max_total_bytes:
-                raise InputError(
-                    f"the archive decompresses to more than {max_total_bytes} bytes; "
-                    f"the limit is {max_total_bytes} bytes"
+            over = read_bytes > budget.bytes_left
+            budget.bytes_used += read_bytes
+            if over:
+                raise UploadLimitReached(
+                    f"the archive decompresses to more than {bytes_left} bytes (its files from "
+                    f"{shown_name(info.orig_filename, limit=200)} on were not kept); "
+                    + _limit_words(bytes_left, budget.max_bytes, "bytes")
                 )
             yield member

@@ -8,27 +8,36 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import stat
 import struct
 import tempfile
+import threading
+import time
 import zipfile
 import zlib
 from collections.abc import Callable
-from typing import IO
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import serve.ingest
 from labeler.exceptions import ImageError, InputError
+from labeler.images import decode_image_bytes
 from serve.ingest import (
     ImageInfo,
     RejectedMember,
+    UploadBudget,
+    UploadLimitReached,
     ZipMember,
     _read_member,
     check_image_bytes,
     is_zip,
     iter_zip_members,
+    shown_name,
 )
 from tests.fakes.images import encoded, noise_image, png_claiming
 
@@ -385,14 +394,8 @@ def _members(
     max_total_bytes: int = 10 * MAX_BYTES,
 ) -> list[ZipMember | RejectedMember]:
     file = io.BytesIO(data) if isinstance(data, bytes) else data
-    return list(
-        iter_zip_members(
-            file,
-            max_members=max_members,
-            max_member_bytes=max_member_bytes,
-            max_total_bytes=max_total_bytes,
-        )
-    )
+    budget = UploadBudget(max_entries=max_members, max_bytes=max_total_bytes)
+    return list(iter_zip_members(file, max_member_bytes=max_member_bytes, budget=budget))
 
 
 PNG = encoded(noise_image(32, 24, seed=3), "PNG")
@@ -609,10 +612,9 @@ def test_too_many_bytes_in_all_refuses_the_archive_before_reading() -> None:
     payloads = [np.random.default_rng(i).bytes(400_000) for i in range(3)]
     data = _zip([(f"{i}.bin", payload) for i, payload in enumerate(payloads)])
 
-    members = iter_zip_members(
-        io.BytesIO(data), max_members=10, max_member_bytes=MAX_BYTES, max_total_bytes=1_000_000
-    )
-    with pytest.raises(InputError, match=r"1200000 bytes .* the limit is 1000000 bytes"):
+    budget = UploadBudget(max_entries=10, max_bytes=1_000_000)
+    members = iter_zip_members(io.BytesIO(data), max_member_bytes=MAX_BYTES, budget=budget)
+    with pytest.raises(UploadLimitReached, match=r"1200000 bytes .* the limit is 1000000 bytes"):
         next(members)
 
     assert _members(data, max_total_bytes=1_200_000) == [
@@ -629,10 +631,9 @@ def test_rejected_and_skipped_members_do_not_count_towards_the_total(zeros_bomb:
 def test_too_many_members_refuses_the_archive_before_reading_any() -> None:
     data = _zip([(f"{i}.png", PNG) for i in range(4)])
 
-    members = iter_zip_members(
-        io.BytesIO(data), max_members=3, max_member_bytes=MAX_BYTES, max_total_bytes=MAX_BYTES
-    )
-    with pytest.raises(InputError, match="more than 3 entries"):
+    budget = UploadBudget(max_entries=3, max_bytes=MAX_BYTES)
+    members = iter_zip_members(io.BytesIO(data), max_member_bytes=MAX_BYTES, budget=budget)
+    with pytest.raises(UploadLimitReached, match="more than 3 entries"):
         next(members)
 
     assert len(_members(data, max_members=4)) == 4
@@ -723,3 +724,174 @@ def test_member_names_with_control_characters_are_escaped() -> None:
     names = [member.name for member in _members(data)]
 
     assert names == ["line\\nbreak.png", "tab\\there.png", "résumé.png"]
+
+
+# ----------------------------------------------------------------------------- one request's budget
+
+
+def test_the_archives_of_a_request_share_one_budget_of_bytes() -> None:
+    payloads = [np.random.default_rng(i).bytes(400_000) for i in range(2)]
+    first, second = (_zip([(f"{i}.bin", payload)]) for i, payload in enumerate(payloads))
+    budget = UploadBudget(max_entries=100, max_bytes=600_000)
+
+    kept = list(iter_zip_members(io.BytesIO(first), max_member_bytes=MAX_BYTES, budget=budget))
+    assert kept == [ZipMember("0.bin", payloads[0])]
+    assert budget.bytes_used == 400_000
+
+    with pytest.raises(
+        UploadLimitReached,
+        match=r"400000 bytes .* the limit is 600000 bytes for all the archives of one upload "
+        r"and 200000 are left",
+    ):
+        next(iter_zip_members(io.BytesIO(second), max_member_bytes=MAX_BYTES, budget=budget))
+    assert budget.bytes_used == 400_000  # refused before a byte of it was read
+
+
+def test_the_archives_of_a_request_share_one_budget_of_entries() -> None:
+    three = _zip([("photos/", b""), ("a.png", PNG), ("b.png", PNG)])
+    budget = UploadBudget(max_entries=5, max_bytes=MAX_BYTES)
+
+    assert (
+        len(list(iter_zip_members(io.BytesIO(three), max_member_bytes=MAX_BYTES, budget=budget)))
+        == 2
+    )
+    assert budget.entries_used == 3  # the folder counts
+
+    with pytest.raises(UploadLimitReached, match=r"more than 2 entries .* 2 are left"):
+        next(iter_zip_members(io.BytesIO(three), max_member_bytes=MAX_BYTES, budget=budget))
+
+
+def _overlapping_zip(entries: int, member_bytes: int) -> bytes:
+    """Every directory entry points at the same deflated member: a few kilobytes that inflate
+    to ``entries * member_bytes`` (zipfile before Python 3.12 does not notice the overlap)."""
+    zeros = bytes(member_bytes)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    deflated = compressor.compress(zeros) + compressor.flush()
+    crc, name = zlib.crc32(zeros), b"a.png"
+    local = struct.pack(
+        "<4s5H3L2H", b"PK\x03\x04", 20, 0, 8, 0, 0, crc, len(deflated), member_bytes, len(name), 0
+    )
+    central = b"".join(
+        struct.pack(
+            "<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, crc, len(deflated), member_bytes,
+            len(name), 0, 0, 0, 0, 0, 0,
+        )
+        + name
+        for _ in range(entries)
+    )  # fmt: skip
+    body = local + name + deflated
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, entries, entries, len(central), len(body), 0)
+    return body + central + end
+
+
+def test_overlapping_entries_cannot_inflate_more_than_the_request_budget() -> None:
+    data = _overlapping_zip(entries=20, member_bytes=256 * 1024)
+    assert len(data) < 5_000
+    budget = UploadBudget(max_entries=10_000, max_bytes=12 * 1024 * 1024)
+
+    for _ in range(2):  # 5 MiB each
+        members = list(
+            iter_zip_members(io.BytesIO(data), max_member_bytes=MAX_BYTES, budget=budget)
+        )
+        assert len(members) == 20
+    with pytest.raises(UploadLimitReached, match="2097152 are left"):
+        next(iter_zip_members(io.BytesIO(data), max_member_bytes=MAX_BYTES, budget=budget))
+
+    assert budget.bytes_used == 10 * 1024 * 1024
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def test_a_name_flagged_utf8_that_is_not_rejects_only_that_member() -> None:
+    # zipfile flags non-ASCII names as UTF-8; the bytes then stop being UTF-8.
+    data = _zip([("good.png", PNG), ("bad-é.png", PNG), ("also.jpg", JPEG)])
+    data = _renamed(data, "bad-é.png", b"bad-\xff\xfe.png")
+
+    members = _members(data)
+
+    assert members == [
+        ZipMember("good.png", PNG),
+        RejectedMember(
+            "bad-\\xff\\xfe.png",
+            "bad_name",
+            "entry 2 of the archive: its name is marked as UTF-8 but is not valid UTF-8; "
+            "rename the file",
+        ),
+        ZipMember("also.jpg", JPEG),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("photo.png", "photo.png"),
+        ("line\nbreak.png", "line\\nbreak.png"),
+        ("a" * 1024, "a" * 1024),
+        ("a" * 1025, "a" * 511 + "…" + "a" * 511),
+        ("d" * 3000 + "/photo.png", "d" * 511 + "…" + "d" * 501 + "/photo.png"),
+        ("\x01" * 70_000 + ".png", "\\x01" * 127 + "\\x0…" + "x01" + "\\x01" * 126 + ".png"),
+    ],
+    ids=["short", "control", "at-limit", "over-limit", "keeps-the-end", "escaped-then-cut"],
+)
+def test_shown_names_are_escaped_and_at_most_1024_characters(name: str, expected: str) -> None:
+    shown = shown_name(name)
+
+    assert shown == expected
+    assert len(shown) <= 1024
+
+
+def test_long_member_names_are_cut_in_the_middle() -> None:
+    name = "x" * 60_000 + ".png"
+
+    [member] = _members(_zip([(name, PNG)]))
+
+    assert member == ZipMember("x" * 511 + "…" + "x" * 507 + ".png", PNG)
+
+
+# ----------------------------------------------------------------------------- decodes at once
+
+
+def test_decodes_wait_for_a_free_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(serve.ingest, "DECODE_SLOTS", threading.BoundedSemaphore(2))
+    lock = threading.Lock()
+    running = most = 0
+
+    def slow_decode(data: bytes, **kwargs: Any) -> Any:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.05)
+            return decode_image_bytes(data, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr("serve.ingest.decode_image_bytes", slow_decode)
+
+    def check(i: int) -> ImageInfo:
+        return check_image_bytes(
+            PNG, filename=f"{i}.png", max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS
+        )
+
+    with ThreadPoolExecutor(6) as pool:
+        infos = list(pool.map(check, range(6)))
+
+    assert most == 2
+    assert {info.format for info in infos} == {"PNG"}
+
+
+def test_there_is_a_decode_slot_per_cpu() -> None:
+    slots = serve.ingest.DECODE_SLOTS
+    taken = 0
+    while slots.acquire(blocking=False):
+        taken += 1
+    for _ in range(taken):
+        slots.release()
+
+    if hasattr(os, "sched_getaffinity"):
+        assert taken == len(os.sched_getaffinity(0))
+    else:
+        assert taken == os.cpu_count()

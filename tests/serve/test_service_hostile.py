@@ -5,12 +5,15 @@ cases one by one; these prove the API wires them in)."""
 from __future__ import annotations
 
 import io
+import socket
 import struct
 import threading
+import time
 import zipfile
 import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
@@ -315,3 +318,174 @@ def test_url_ingestion_refuses_private_addresses_unless_allowed(
     assert body["accepted"][0]["source_url"] == f"{image_server}/a.png"
     assert body["rejected"][0]["reason"] == "refused"
     assert "169.254.169.254" in body["rejected"][0]["detail"]
+
+
+# ----------------------------------------------------------------------------- costly uploads
+
+
+def test_identical_bytes_are_decoded_once(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A decode can cost half a second and half a GiB (an image at the pixel limit); the same
+    # bytes again, in this request or already in the project, must not be decoded again.
+    from labeler.images import decode_image_bytes
+
+    decoded: list[str] = []
+
+    def counting_decode(data: bytes, **kwargs: Any) -> Any:
+        decoded.append(kwargs["name"])
+        return decode_image_bytes(data, **kwargs)
+
+    monkeypatch.setattr("serve.ingest.decode_image_bytes", counting_decode)
+    image, truncated = png_bytes(11), png_bytes(12)[:300]
+    copies = zip_of(
+        {f"copy{i}.png": image for i in range(8)} | {f"cut{i}.png": truncated for i in range(3)}
+    )
+
+    body = post_files(service, [("first.png", image), ("copies.zip", copies)]).json()
+
+    assert decoded == ["first.png", "copies.zip/cut0.png"]
+    assert len(body["accepted"]) == 9
+    assert len({image["id"] for image in body["accepted"]}) == 1
+    assert [(r["name"], r["reason"]) for r in body["rejected"]] == [
+        (f"copies.zip/cut{i}.png", "truncated") for i in range(3)
+    ]
+
+    decoded.clear()
+    again = post_files(service, [("again.png", image)])
+    assert again.status_code == 201
+    assert again.json()["accepted"][0]["id"] == body["accepted"][0]["id"]
+    assert decoded == []  # the project has these bytes: they were checked when stored
+
+
+def overlapping_zip(entries: int, member_bytes: int) -> bytes:
+    """Every directory entry points at the same deflated member: a few kilobytes that inflate
+    to ``entries * member_bytes`` (zipfile before Python 3.12 does not notice the overlap)."""
+    zeros = bytes(member_bytes)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    deflated = compressor.compress(zeros) + compressor.flush()
+    crc, name = zlib.crc32(zeros), b"a.png"
+    local = struct.pack(
+        "<4s5H3L2H", b"PK\x03\x04", 20, 0, 8, 0, 0, crc, len(deflated), member_bytes, len(name), 0
+    )
+    central = b"".join(
+        struct.pack(
+            "<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, crc, len(deflated), member_bytes,
+            len(name), 0, 0, 0, 0, 0, 0,
+        )
+        + name
+        for _ in range(entries)
+    )  # fmt: skip
+    body = local + name + deflated
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, entries, entries, len(central), len(body), 0)
+    return body + central + end
+
+
+@pytest.mark.parametrize(
+    ("setting", "limit", "words"),
+    [
+        ("max_zip_total_bytes", 12 * 1024 * 1024, "2097152 are left"),
+        ("max_zip_members", 50, "more than 10 entries"),
+    ],
+    ids=["bytes", "entries"],
+)
+def test_the_zip_limits_hold_for_the_whole_request(
+    service: Service, setting: str, limit: int, words: str
+) -> None:
+    # 20 entries inflating to 5 MiB each time: within any limit one archive at a time.
+    archive = overlapping_zip(entries=20, member_bytes=256 * 1024)
+    setattr(service.settings, setting, limit)
+
+    response = post_files(
+        service,
+        [("ok.png", png_bytes(13)), ("a.zip", archive), ("b.zip", archive), ("c.zip", archive)],
+    )
+
+    assert response.status_code == 201, response.text
+    rejected = response.json()["rejected"]
+    assert not any(r["name"].startswith("c.zip/") for r in rejected)
+    [refused] = [r for r in rejected if not r["name"].startswith(("a.zip/", "b.zip/"))]
+    assert (refused["name"], refused["reason"]) == ("c.zip", "upload_limit")
+    assert words in refused["detail"] and "send it in another upload" in refused["detail"]
+
+
+def test_a_member_name_that_is_not_utf8_loses_only_that_member(service: Service) -> None:
+    archive = zip_of({"good.png": png_bytes(14), "bad-\u00e9.png": png_bytes(15)})
+    archive = archive.replace("bad-\u00e9.png".encode(), b"bad-\xff\xfe.png")
+
+    response = post_files(service, [("a.zip", archive)])
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert [image["filename"] for image in body["accepted"]] == ["good.png"]
+    assert [(r["name"], r["reason"]) for r in body["rejected"]] == [
+        ("a.zip/bad-\\xff\\xfe.png", "bad_name")
+    ]
+
+
+def test_long_names_are_cut_in_answers(service: Service) -> None:
+    archive = zip_of(
+        {"ok.png": png_bytes(16)} | {f"{i}" + "\x01" * 60_000: b"x" for i in range(10)}
+    )
+    long_file_name = "n" * 3_000 + ".zip"  # multipart headers stop at 4 KiB
+
+    response = post_files(service, [(long_file_name, archive)])
+
+    assert response.status_code == 201, response.text
+    assert len(response.content) < 40_000  # was 2.4 MB: every name echoed, escaped
+    for rejected in response.json()["rejected"]:
+        assert len(rejected["name"]) <= 1024
+        assert rejected["name"].startswith("nnn") and "…" in rejected["name"]
+
+
+# ----------------------------------------------------------------------------- slow URLs
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A server that accepts connections and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(5)
+    listener.close()
+    for connection in held:
+        connection.close()
+
+
+@pytest.mark.timeout(30)
+def test_url_fetching_stops_at_the_request_deadline(
+    service: Service, image_server: str, silent_server: str
+) -> None:
+    service.settings.url_allowlist = ["127.0.0.1/32"]
+    service.settings.fetch_timeout_s = 10.0
+    service.settings.fetch_request_timeout_s = 0.5
+    urls = [f"{image_server}/a.png"] + [f"{silent_server}/{i}.png" for i in range(4)]
+
+    started = time.monotonic()
+    response = service.client.post(
+        service.url("/images/fetch"), headers=service.headers, json={"urls": urls}
+    )
+    elapsed_s = time.monotonic() - started
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert [image["source_url"] for image in body["accepted"]] == urls[:1]
+    assert [(r["name"], r["reason"]) for r in body["rejected"]] == [
+        (url, "deadline") for url in urls[1:]
+    ]
+    assert all("PROMPTLABEL_FETCH_REQUEST_TIMEOUT_S" in r["detail"] for r in body["rejected"])
+    assert elapsed_s < 3  # not 4 x 10 s
