@@ -40,6 +40,7 @@ from serve.ingest import (
     shown_name,
 )
 from tests.fakes.images import encoded, noise_image, png_claiming
+from tests.fakes.zips import overlapping_zip
 
 MAX_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 10_000_000
@@ -761,31 +762,8 @@ def test_the_archives_of_a_request_share_one_budget_of_entries() -> None:
         next(iter_zip_members(io.BytesIO(three), max_member_bytes=MAX_BYTES, budget=budget))
 
 
-def _overlapping_zip(entries: int, member_bytes: int) -> bytes:
-    """Every directory entry points at the same deflated member: a few kilobytes that inflate
-    to ``entries * member_bytes`` (zipfile before Python 3.12 does not notice the overlap)."""
-    zeros = bytes(member_bytes)
-    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
-    deflated = compressor.compress(zeros) + compressor.flush()
-    crc, name = zlib.crc32(zeros), b"a.png"
-    local = struct.pack(
-        "<4s5H3L2H", b"PK\x03\x04", 20, 0, 8, 0, 0, crc, len(deflated), member_bytes, len(name), 0
-    )
-    central = b"".join(
-        struct.pack(
-            "<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 8, 0, 0, crc, len(deflated), member_bytes,
-            len(name), 0, 0, 0, 0, 0, 0,
-        )
-        + name
-        for _ in range(entries)
-    )  # fmt: skip
-    body = local + name + deflated
-    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, entries, entries, len(central), len(body), 0)
-    return body + central + end
-
-
 def test_overlapping_entries_cannot_inflate_more_than_the_request_budget() -> None:
-    data = _overlapping_zip(entries=20, member_bytes=256 * 1024)
+    data = overlapping_zip(entries=20, member_bytes=256 * 1024)
     assert len(data) < 5_000
     budget = UploadBudget(max_entries=10_000, max_bytes=12 * 1024 * 1024)
 

@@ -92,6 +92,14 @@ def _wait(predicate: Any, timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _wait_until_verifying(service: Service, job_id: str, done: int = 0) -> None:
+    def verifying() -> bool:
+        progress = _job(service, job_id).get("progress") or {}
+        return progress.get("stage") == "verify" and progress.get("done", 0) >= done
+
+    _wait(verifying, 120, f"verification to reach {done} answers")
+
+
 @dataclass
 class _Interrupted:
     """A labeling job that a worker process is running halfway, and a clean run to compare with."""
@@ -120,12 +128,8 @@ def _worker_halfway_through_a_job(
     job_id = _submit(service, "interrupted")
     worker = _start_worker(env, log)
 
-    def verifying_halfway() -> bool:
-        progress = _job(service, job_id).get("progress") or {}
-        return progress.get("stage") == "verify" and progress.get("done", 0) >= 6
-
     try:
-        _wait(verifying_halfway, 120, "the worker to be halfway through verification")
+        _wait_until_verifying(service, job_id, done=6)  # halfway
     except BaseException:
         worker.kill()
         worker.wait()
@@ -205,11 +209,7 @@ def test_serve_shutdown_gives_its_workers_jobs_back(
     job_id = _submit(service, "during-shutdown")
     app = create_app(service.settings, db=service.db, workers=1)
     with TestClient(app):  # its lifespan starts the in-process worker, and stops it at the end
-        _wait(
-            lambda: (_job(service, job_id).get("progress") or {}).get("stage") == "verify",
-            60,
-            "verification to start",
-        )
+        _wait_until_verifying(service, job_id)
         stopping = time.monotonic()
     assert time.monotonic() - stopping < 5.0
     given_back = _job(service, job_id)
@@ -284,11 +284,7 @@ def test_cancel_stops_a_running_job_within_a_second(
     thread = threading.Thread(target=worker.run, args=(stop,))
     thread.start()
     try:
-        _wait(
-            lambda: (_job(service, job_id).get("progress") or {}).get("stage") == "verify",
-            60,
-            "verification to start",
-        )
+        _wait_until_verifying(service, job_id)
         response = service.client.post(
             service.url(f"/jobs/{job_id}/cancel"), headers=service.headers
         )
