@@ -23,6 +23,7 @@ to this module's logger only.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import logging
 import re
@@ -456,8 +457,8 @@ def fetch_url(
 
 
 def resolve_host(host: str, port: int) -> list[str]:
-    """The IP addresses ``host`` resolves to, via ``socket.getaddrinfo`` (blocking: its time
-    is bounded by the system resolver's own timeouts, not by the fetch deadline)."""
+    """The IP addresses ``host`` resolves to, via ``socket.getaddrinfo`` (blocking; a fetch
+    waits for it only until its deadline, see ``FetchClient._resolve``)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
@@ -467,6 +468,7 @@ def resolve_host(host: str, port: int) -> list[str]:
 # The deadline of the fetch running in this thread (sync httpcore does all I/O in the calling
 # thread); read by every connect/read/write so that timeout_s bounds the whole fetch.
 _DEADLINE: ContextVar[float | None] = ContextVar("promptlabel_fetch_deadline", default=None)
+_LOOKUPS = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns")
 
 
 class _AddressRefused(Exception):
@@ -531,8 +533,14 @@ class _GuardedBackend(httpcore.NetworkBackend):
             raise _ResolveFailed(host, str(error)) from None
         if literal is not None:
             return [str(literal)]
+        # getaddrinfo has no timeout of its own: it runs in a lookup thread, and the fetch waits
+        # for it only until its deadline (the lookup itself ends when the system resolver gives
+        # up; the pool is small, so a flood of slow lookups waits in line, up to its deadlines).
+        lookup = _LOOKUPS.submit(self._resolver, host, port)
         try:
-            answers = self._resolver(host, port)
+            answers = lookup.result(timeout=_time_left())
+        except concurrent.futures.TimeoutError:
+            raise httpcore.ConnectTimeout(f"resolving {host!r} took too long") from None
         except OSError as error:
             raise _ResolveFailed(host, str(error)) from None
         addresses: list[str] = []

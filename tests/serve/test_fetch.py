@@ -632,6 +632,21 @@ def test_unknown_host_is_reported(
     assert "Name or service not known" in caplog.text
 
 
+def test_a_slow_dns_lookup_ends_at_the_fetch_deadline() -> None:
+    release = threading.Event()
+
+    def stuck_resolver(host: str, port: int) -> list[str]:
+        release.wait(10)  # a resolver that does not answer (getaddrinfo has no timeout)
+        return ["127.0.0.1"]
+
+    with FetchClient(policy=LOOPBACK, resolver=stuck_resolver) as client:
+        started = time.monotonic()
+        with pytest.raises(InputError, match=r"no complete answer within 0\.5 s"):
+            client.fetch("http://slow-dns.example/cat.png", max_bytes=1000, timeout_s=0.5)
+        assert time.monotonic() - started < 2.0
+    release.set()
+
+
 # --- HTTPS: the certificate is checked against the URL's host name, not the address ---
 
 
