@@ -8,6 +8,7 @@
     │   └── ConflictError          the request contradicts stored state (e.g. a reused
     │                              idempotency key with another body, a job not finished yet)
     ├── ModelLoadError             a checkpoint cannot be loaded (which, from where, what to do)
+    ├── DetectorError              the detector failed on every image, or on 8 in a row
     ├── VerifierError              the verifier backend failed after its retries
     │   └── VerifierRateLimited    the backend kept answering 429
     └── StoreError                 the workspace database cannot be used
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConflictError",
+    "DetectorError",
     "ImageError",
     "InputError",
     "ModelLoadError",
@@ -64,6 +66,10 @@ class ConflictError(InputError):
 
 class ModelLoadError(PromptlabelError):
     """A model checkpoint cannot be loaded."""
+
+
+class DetectorError(PromptlabelError):
+    """The detector failed on every image, or on many in a row: the model, not the images."""
 
 
 class VerifierError(PromptlabelError):

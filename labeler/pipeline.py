@@ -23,7 +23,7 @@ import numpy as np
 
 from labeler.detections import Detections
 from labeler.detector_options import DetectorOptions
-from labeler.exceptions import ImageError, InputError
+from labeler.exceptions import DetectorError, ImageError, InputError
 from labeler.export import ExportItem, export_dataset
 from labeler.images import LoadedImage, iter_image_paths, load_image, sha256_file
 from labeler.ontology import Ontology
@@ -308,7 +308,7 @@ class _DetectorFailures:
 
     def _stop(self, what: str) -> None:
         error = self.last
-        raise RuntimeError(f"{what}; the last error: {type(error).__name__}: {error}") from error
+        raise DetectorError(f"{what}; the last error: {type(error).__name__}: {error}") from error
 
 
 def _propose_batch(

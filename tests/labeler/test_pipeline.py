@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from labeler.detections import Detections
+from labeler.exceptions import DetectorError
 from labeler.ontology import Ontology, parse_ontology
 from labeler.pipeline import LabelConfig, run_label
 from labeler.propose import DetectorOptions
@@ -480,7 +481,7 @@ def test_an_image_the_detector_cannot_take_fails_alone(
             raise RuntimeError("CUDA error: device-side assert triggered")
 
     with pytest.raises(
-        RuntimeError, match="failed on all 7 images; the last error: RuntimeError: CUDA"
+        DetectorError, match="failed on all 7 images; the last error: RuntimeError: CUDA"
     ):
         run_label(
             make_config(images_dir, tmp_path / "out2", server, verifier="none"), detector=Broken()
