@@ -175,20 +175,19 @@ class JobProgress:
         self.state["stages"][stage] = {"done": 0, "total": total}
         self._store(force=True)
 
-    def advance(self, stage: str, amount: int = 1) -> None:
+    def advance(self, stage: str, amount: int = 1, *, checkpoint: bool = False) -> None:
+        """Count ``amount`` more done in ``stage``. With ``checkpoint``, store it now and stop the
+        job here if a cancel came in meanwhile (before a step that cannot be taken back, such as
+        registering a model)."""
         self.state["done"] += amount
         self.state["stages"].setdefault(stage, {"done": 0, "total": 0})["done"] += amount
-        self._store()
+        self._store(force=checkpoint)
+        if checkpoint:
+            self._lease.check()
 
     def update(self, **values: Any) -> None:
         self.state.update(values)
         self._store()
-
-    def checkpoint(self) -> None:
-        """Store progress now and stop the job here if a cancel came in meanwhile (before a step
-        that cannot be taken back, such as registering a model)."""
-        self._store(force=True)
-        self._lease.check()
 
     def _store(self, *, force: bool = False) -> None:
         self._lease.check()
@@ -368,8 +367,8 @@ def run_train_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection
         exported = export_model(
             result.best, format="onnx", imgsz=params.imgsz, device=settings.service_device
         )
-        ctx.progress.advance("export")
-        ctx.progress.checkpoint()  # the last chance: next, the version is registered
+        # The last chance to stop: next, the version is registered.
+        ctx.progress.advance("export", checkpoint=True)
         return {"onnx": exported.path}
 
     run = train_and_register(
