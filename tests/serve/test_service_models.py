@@ -37,6 +37,19 @@ def _submit_labeling_to_train_on(service: Service) -> str:
     return str(label.json()["id"])
 
 
+def _submit_training(service: Service, label_job_id: str, **options: int) -> str:
+    """A training job (at 64 px) on a finished labeling job's dataset; its id."""
+    body = {"label_job_id": label_job_id, "imgsz": 64, **options}
+    response = service.client.post(service.url("/train-jobs"), headers=service.headers, json=body)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def _job(service: Service, job_id: str) -> dict[str, Any]:
+    response = service.client.get(service.url(f"/jobs/{job_id}"), headers=service.headers)
+    return dict(response.json())
+
+
 @pytest.mark.slow
 def test_train_register_promote_download_predict(service: Service) -> None:
     label_job_id = _submit_labeling_to_train_on(service)
@@ -46,13 +59,9 @@ def test_train_register_promote_download_predict(service: Service) -> None:
     assert early.status_code == 409  # the labeling job has not run yet
     service.run_jobs()
 
-    body = {"label_job_id": label_job_id, "epochs": 1, "imgsz": 64, "batch": 4}
-    train = service.client.post(service.url("/train-jobs"), headers=service.headers, json=body)
-    assert train.status_code == 201, train.text
+    job_id = _submit_training(service, label_job_id, epochs=1, batch=4)
     service.run_jobs()
-    job = service.client.get(
-        service.url(f"/jobs/{train.json()['id']}"), headers=service.headers
-    ).json()
+    job = _job(service, job_id)
     assert job["status"] == "succeeded", job
     version = job["result"]["model_version"]
     assert {"map50", "map50_95", "label_hash"} <= job["result"]["metrics"].keys()
@@ -126,15 +135,11 @@ def test_a_training_job_that_fails_or_is_cancelled_registers_nothing(
 
     label_job_id = _submit_labeling_to_train_on(service)
     service.run_jobs()
-    body = {"label_job_id": label_job_id, "epochs": 1, "imgsz": 64, "batch": 4}
 
-    def train_job() -> dict:  # type: ignore[type-arg]
-        job = service.client.post(service.url("/train-jobs"), headers=service.headers, json=body)
-        assert job.status_code == 201, job.text
+    def train_job() -> dict[str, Any]:
+        job_id = _submit_training(service, label_job_id, epochs=1, batch=4)
         service.run_jobs()
-        return service.client.get(  # type: ignore[no-any-return]
-            service.url(f"/jobs/{job.json()['id']}"), headers=service.headers
-        ).json()
+        return _job(service, job_id)
 
     real_export = distill.export.export_model
 
@@ -170,10 +175,7 @@ def test_a_worker_stopping_mid_training_gives_the_job_back_within_a_batch(
 
     label_job_id = _submit_labeling_to_train_on(service)
     service.run_jobs()
-    body = {"label_job_id": label_job_id, "epochs": 2, "imgsz": 64, "batch": 2}
-    created = service.client.post(service.url("/train-jobs"), headers=service.headers, json=body)
-    assert created.status_code == 201, created.text
-    job_url = service.url(f"/jobs/{created.json()['id']}")
+    job_id = _submit_training(service, label_job_id, epochs=2, batch=2)
 
     stop = threading.Event()
     batches: list[int] = []
@@ -191,14 +193,14 @@ def test_a_worker_stopping_mid_training_gives_the_job_back_within_a_batch(
 
     monkeypatch.setattr(distill.runs, "train", train_told_to_stop_in_its_first_batch)
     assert Worker(db=service.db, settings=service.settings).run_once(stop) is True
-    job = service.client.get(job_url, headers=service.headers).json()
+    job = _job(service, job_id)
     assert (job["status"], job["attempts"]) == ("queued", 0)
     assert batches == [1]  # 2 epochs of 2 batches were asked for; it stopped after the first
     assert service.client.get(service.url("/models"), headers=service.headers).json() == []
 
     monkeypatch.setattr(distill.runs, "train", real_train)
     service.run_jobs()
-    job = service.client.get(job_url, headers=service.headers).json()
+    job = _job(service, job_id)
     assert (job["status"], job["attempts"]) == ("succeeded", 1), job
     models = service.client.get(service.url("/models"), headers=service.headers).json()
     assert [m["version"] for m in models] == [job["result"]["model_version"]]

@@ -92,6 +92,13 @@ def _wait(predicate: Any, timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _slow_job(service: Service, vlm_server: FakeVLMServer, key: str) -> str:
+    """A queued labeling job over 6 images whose 24 verifier answers take 0.3 s each."""
+    _upload(service, 6)
+    vlm_server.latency_s = 0.3
+    return _submit(service, key)
+
+
 def _wait_until_verifying(service: Service, job_id: str, done: int = 0) -> None:
     def verifying() -> bool:
         progress = _job(service, job_id).get("progress") or {}
@@ -204,9 +211,7 @@ def test_serve_shutdown_gives_its_workers_jobs_back(
 
     from serve.app import create_app
 
-    _upload(service, 6)
-    vlm_server.latency_s = 0.3
-    job_id = _submit(service, "during-shutdown")
+    job_id = _slow_job(service, vlm_server, "during-shutdown")
     app = create_app(service.settings, db=service.db, workers=1)
     with TestClient(app):  # its lifespan starts the in-process worker, and stops it at the end
         _wait_until_verifying(service, job_id)
@@ -276,9 +281,7 @@ def test_cancel_stops_a_running_job_within_a_second(
 
     from serve.worker import Worker
 
-    _upload(service, 6)
-    vlm_server.latency_s = 0.3
-    job_id = _submit(service, "to-cancel")
+    job_id = _slow_job(service, vlm_server, "to-cancel")
     stop = threading.Event()
     worker = Worker(db=service.db, settings=service.settings, name="cancel-test")
     thread = threading.Thread(target=worker.run, args=(stop,))
