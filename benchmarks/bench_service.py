@@ -13,13 +13,14 @@ of that database, dropped afterwards, so the same database can be used again).
    the database (listed over the API, counted in SQL) are exactly those.
 2. predict: a full-size YOLO11n (3 classes, random weights with recalibrated BatchNorm, as in
    benchmarks/bench_runtime.py) exported to ONNX at 640, imported into the project's registry and
-   promoted. One client POSTs the same 1280x720 JPEG to ``/predict``; the bare device runtime
-   runs the route's own steps without HTTP in this process (``serve.runtime.read_image_bytes``
-   on the same bytes, ``load_runtime(onnx, conf=0.1).predict([image])``, boxes over 0.25).
+   promoted. One client POSTs the same 1280x720 JPEG to ``/predict``, as the raw body and as a
+   multipart form; the bare device runtime runs the route's own steps without HTTP in this
+   process (``serve.runtime.read_image_bytes`` on the same bytes,
+   ``load_runtime(onnx, conf=0.1).predict([image])``, boxes over 0.25).
    Both use onnxruntime's default thread count (one per physical core: the route calls
-   ``load_runtime`` without ``threads``, and so does this script), and the two are interleaved
-   request by request, the order swapped every round, so machine noise hits both. The multipart
-   body is encoded once and sent with the standard library's ``http.client`` (httpx costs about
+   ``load_runtime`` without ``threads``, and so does this script), and all are interleaved
+   request by request, the order swapped every round, so machine noise hits each. The bodies
+   are encoded once and sent with the standard library's ``http.client`` (httpx costs about
    1 ms per request of its own): the client's work is not the service's overhead. An
    authenticated GET of the project is timed alongside: the floor of any request that checks a
    key. Each predict answer's ``Server-Timing`` header also gives the route's own runtime time
@@ -62,6 +63,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -537,8 +539,8 @@ def bench_predict(args: argparse.Namespace, folder: Path, onnx_path: Path) -> bo
 
     data = jpeg_bytes((args.width, args.height))
     request = httpx.Request("POST", "http://x/", files={"file": ("frame.jpg", data, "image/jpeg")})
-    body = request.read()
-    content_type = request.headers["content-type"]
+    form_body = request.read()
+    form_type = request.headers["content-type"]
     detector = load_runtime(onnx_path, conf=0.1)  # as serve/routes/models.py loads it
 
     max_pixels = Settings().max_image_pixels
@@ -550,16 +552,17 @@ def bench_predict(args: argparse.Namespace, folder: Path, onnx_path: Path) -> bo
         return int((detections.confidence >= CONF).sum())
 
     processes = Processes()
-    seconds: dict[str, list[float]] = {"endpoint": [], "bare": [], "get": []}
-    server_ms: list[dict[str, float]] = []  # the endpoint's Server-Timing, request by request
-    boxes: dict[str, set[int]] = {"endpoint": set(), "bare": set()}
+    forms = {"raw": (data, "image/jpeg"), "multipart": (form_body, form_type)}
+    seconds: dict[str, list[float]] = {"raw": [], "multipart": [], "bare": [], "get": []}
+    # Each endpoint form's Server-Timing, request by request (the warm-up's come first).
+    server_ms: dict[str, list[dict[str, float]]] = {form: [] for form in forms}
+    boxes: dict[str, set[int]] = {"raw": set(), "multipart": set(), "bare": set()}
     with database_for(args.database_url) as database_url:
         try:
             service = start_service(
                 processes, folder, database_url=database_url, detector_dir=folder / "unused"
             )
             version = register_production(service.data_dir, service.project_id, onnx_path)
-            headers = {**service.headers, "Content-Type": content_type}
             # The standard library's client: httpx spends about 1 ms of its own per request,
             # which is the client's cost, not the service's.
             host, port = service.base_url.removeprefix("http://").split(":")
@@ -567,13 +570,16 @@ def bench_predict(args: argparse.Namespace, folder: Path, onnx_path: Path) -> bo
                 http.client.HTTPConnection(host, int(port), timeout=120)
             ) as client:
 
-                def endpoint() -> int:
+                def endpoint(form: str) -> int:
+                    body, content_type = forms[form]
+                    headers = {**service.headers, "Content-Type": content_type}
                     client.request("POST", service.url("/predict"), body=body, headers=headers)
                     response = client.getresponse()
                     payload = response.read()
                     if response.status != 200:
                         raise RuntimeError(f"predict: {response.status} {payload[:500]!r}")
-                    server_ms.append(server_timing_ms(response.headers.get_all("server-timing")))
+                    timing = server_timing_ms(response.headers.get_all("server-timing"))
+                    server_ms[form].append(timing)
                     return len(json.loads(payload)["detections"])
 
                 def project_get() -> int:
@@ -585,7 +591,8 @@ def bench_predict(args: argparse.Namespace, folder: Path, onnx_path: Path) -> bo
                     return 0
 
                 methods: dict[str, Callable[[], int]] = {
-                    "endpoint": endpoint,
+                    "raw": partial(endpoint, "raw"),
+                    "multipart": partial(endpoint, "multipart"),
                     "bare": bare,
                     "get": project_get,
                 }
@@ -603,19 +610,7 @@ def bench_predict(args: argparse.Namespace, folder: Path, onnx_path: Path) -> bo
         finally:
             processes.stop_all()
 
-    endpoint_ms = percentiles_ms(seconds["endpoint"])
     bare_ms = percentiles_ms(seconds["bare"])
-    get_ms = percentiles_ms(seconds["get"])
-    paired = [e - b for e, b in zip(seconds["endpoint"], seconds["bare"], strict=True)]
-    paired_ms = (
-        float(np.percentile(np.asarray(paired) * 1e3, 50)),
-        float(np.percentile(np.asarray(paired) * 1e3, 99)),
-    )
-    overhead_p99 = endpoint_ms[1] - bare_ms[1]
-    timed = server_ms[-len(seconds["endpoint"]) :]  # the warm-up's come first
-    total_ms = np.asarray(seconds["endpoint"]) * 1e3
-    runtime_ms = np.asarray([t["runtime"] for t in timed])
-    app_ms = np.asarray([t["app"] for t in timed])
     print()
     print(
         f"### Predict: {database_label(database_url)}; YOLO11n (3 classes, random weights, "
@@ -629,27 +624,26 @@ def bench_predict(args: argparse.Namespace, folder: Path, onnx_path: Path) -> bo
     print("| what | p50 ms | p99 ms | max ms | boxes (conf >= 0.25) |")
     print("|---|---:|---:|---:|---:|")
     rows = [
-        ("endpoint", "POST /predict (HTTP, multipart, auth, decode, run, JSON)"),
+        ("raw", "POST /predict, raw body (HTTP, auth, decode, run, JSON)"),
+        ("multipart", "POST /predict, multipart form (the same and form parsing)"),
         ("bare", "bare runtime: read_image_bytes(bytes) + load_runtime(...).predict([image])"),
+        ("get", "(floor) authenticated GET /v1/projects/{id}"),
     ]
     for key, label in rows:
         p50, p99, worst = percentiles_ms(seconds[key])
-        print(
-            f"| {label} | {p50:.1f} | {p99:.1f} | {worst:.1f} "
-            f"| {', '.join(map(str, sorted(boxes[key])))} |"
-        )
-    print(
-        f"| (floor) authenticated GET /v1/projects/{{id}} | {get_ms[0]:.1f} | {get_ms[1]:.1f} "
-        f"| {get_ms[2]:.1f} | |"
-    )
+        box_counts = ", ".join(map(str, sorted(boxes.get(key, ()))))
+        print(f"| {label} | {p50:.1f} | {p99:.1f} | {worst:.1f} | {box_counts} |")
     print()
-    same_boxes = boxes["endpoint"] == boxes["bare"]
-    print(
-        f"overhead: p99 {overhead_p99:+.1f} ms (target <= 5), p50 "
-        f"{endpoint_ms[0] - bare_ms[0]:+.1f} ms; per round endpoint - bare: p50 "
-        f"{paired_ms[0]:+.1f} ms, p99 {paired_ms[1]:+.1f} ms; same box count both sides: "
-        f"{'yes' if same_boxes else 'NO'}"
-    )
+    same_boxes = boxes["raw"] == boxes["multipart"] == boxes["bare"]
+    for form in forms:
+        endpoint_ms = percentiles_ms(seconds[form])
+        paired_ms = (np.asarray(seconds[form]) - np.asarray(seconds["bare"])) * 1e3
+        print(
+            f"{form}: p99 {endpoint_ms[1] - bare_ms[1]:+.1f} ms over bare (target <= 5), p50 "
+            f"{endpoint_ms[0] - bare_ms[0]:+.1f} ms; per round endpoint - bare: p50 "
+            f"{np.percentile(paired_ms, 50):+.1f} ms, p99 {np.percentile(paired_ms, 99):+.1f} ms"
+        )
+    print(f"same box count everywhere: {'yes' if same_boxes else 'NO'}")
     print()
     print(
         "Within each request (the route times its runtime call, decode + run, and the app its "
@@ -658,17 +652,22 @@ def bench_predict(args: argparse.Namespace, folder: Path, onnx_path: Path) -> bo
     print()
     print("| endpoint time outside the runtime call | p50 ms | p99 ms | max ms |")
     print("|---|---:|---:|---:|")
-    within = [
-        ("total: client-measured request - runtime", total_ms - runtime_ms),
-        ("in the app: app - runtime (auth, multipart, thread hops, JSON)", app_ms - runtime_ms),
-        (
-            "outside the app: client-measured - app (HTTP client, loopback, uvicorn)",
-            total_ms - app_ms,
-        ),
-    ]
-    for label, values in within:
-        p50, p99, worst = np.percentile(values, [50, 99, 100])
-        print(f"| {label} | {p50:.2f} | {p99:.2f} | {worst:.2f} |")
+    for form in forms:
+        timed = server_ms[form][-len(seconds[form]) :]
+        total_ms = np.asarray(seconds[form]) * 1e3
+        runtime_ms = np.asarray([t["runtime"] for t in timed])
+        app_ms = np.asarray([t["app"] for t in timed])
+        within = [
+            ("total: client-measured request - runtime", total_ms - runtime_ms),
+            ("in the app: app - runtime (auth, body, thread hops, JSON)", app_ms - runtime_ms),
+            (
+                "outside the app: client-measured - app (client, loopback, uvicorn)",
+                total_ms - app_ms,
+            ),
+        ]
+        for label, values in within:
+            p50, p99, worst = np.percentile(values, [50, 99, 100])
+            print(f"| {form}: {label} | {p50:.2f} | {p99:.2f} | {worst:.2f} |")
     return same_boxes
 
 

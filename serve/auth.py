@@ -176,10 +176,10 @@ def authenticate(db: Database, token: str) -> Principal | None:
     if not token.startswith(KEY_PREFIX) or "." not in token:
         return None
     key_id, secret = token[len(KEY_PREFIX) :].split(".", 1)
-    with db.read_once() as connection:
-        row = connection.execute(_KEY_BY_ID, {"key_id": key_id}).first()
-    if row is None or row.revoked_at is not None:
+    row = db.fetch_one(_KEY_BY_ID, {"key_id": key_id})
+    if row is None:
         return None
-    if not hmac.compare_digest(row.secret_sha256, _hash(secret)):
+    project_id, secret_sha256, revoked_at = row
+    if revoked_at is not None or not hmac.compare_digest(secret_sha256, _hash(secret)):
         return None
-    return Principal(key_id=key_id, project_id=row.project_id)
+    return Principal(key_id=key_id, project_id=project_id)

@@ -8,10 +8,11 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, File, Query, Response, UploadFile
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from labeler.exceptions import ConflictError, InputError, NotFoundError
 from serve.deps import Db, ProjectId, ServiceSettings
@@ -166,35 +167,85 @@ class _Predictors:
 PREDICTORS = _Predictors()
 
 
+# A device posts the image itself (``curl --data-binary @frame.jpg -H "Content-Type: image/jpeg"``);
+# a browser or the docs page posts a form. The raw body skips multipart parsing, the cheaper path.
+_RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
+_BINARY = {"type": "string", "format": "binary"}
+_PREDICT_BODY = {
+    "required": True,
+    "description": "One image: the raw bytes with an image Content-Type (any `image/*` or "
+    "`application/octet-stream`), or a multipart form with the image in its `file` field.",
+    "content": {
+        "image/jpeg": {"schema": _BINARY},
+        "image/png": {"schema": _BINARY},
+        "application/octet-stream": {"schema": _BINARY},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {**_BINARY, "description": "One image."}},
+                "required": ["file"],
+            }
+        },
+    },
+}
+
+
+async def _image_from_request(request: Request, max_bytes: int) -> tuple[bytes, str]:
+    """The posted image's bytes and a name for messages: the raw body or the form's ``file``."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type.startswith(_RAW_IMAGE_TYPES):
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise InputError(f"body: over the {max_bytes}-byte image limit")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise InputError(f"body: over the {max_bytes}-byte image limit")
+        return bytes(body), "body"
+    if content_type == "multipart/form-data":
+        async with request.form(max_files=1, max_fields=8) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise InputError("file: missing; send the image as the form's 'file' field")
+            data = await upload.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise InputError(f"file: over the {max_bytes}-byte image limit")
+            return data, upload.filename or "file"
+    raise HTTPException(
+        status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+        f"Content-Type {content_type or '(none)'!r}: send the image as the raw body with an "
+        "image Content-Type (image/jpeg, image/png, ...) or as multipart/form-data field 'file'",
+    )
+
+
 @router.post(
     "/predict",
     summary="Detect objects in one image with the production model (device runtime)",
-    responses=_ERRORS,
+    response_model=PredictResult,
+    responses=error_responses(404, 409, 415, 422),
+    openapi_extra={"requestBody": _PREDICT_BODY},
 )
 async def predict(
     settings: ServiceSettings,
     project_id: ProjectId,
-    file: Annotated[UploadFile, File(description="One image.")],
-    response: Response,
+    request: Request,
     conf: Annotated[float, Query(ge=0.1, le=1, description="Score threshold.")] = 0.25,
-) -> PredictResult:
+) -> Response:
     """The response's ``Server-Timing`` header gives ``runtime`` (decoding and running the
     model) and ``app`` (all of the request inside the service) in milliseconds."""
-    data = await file.read(settings.max_image_bytes + 1)
-    if len(data) > settings.max_image_bytes:
-        raise InputError(f"file: over the {settings.max_image_bytes}-byte image limit")
-    name = file.filename or "image"
+    data, name = await _image_from_request(request, settings.max_image_bytes)
 
-    def run() -> PredictResult:
+    def run() -> Response:
+        # The answer is serialized here too, so the event loop only sends bytes.
         version, detector = PREDICTORS.get(settings.data_dir, project_id)
         started = time.perf_counter()
         image = read_image_bytes(data, name=name, max_pixels=settings.max_image_pixels)
         detections = detector.predict([image])[0]
         runtime_ms = (time.perf_counter() - started) * 1e3
-        response.headers["Server-Timing"] = f"runtime;dur={runtime_ms:.2f}"
         keep = detections.confidence >= conf
         names = detector.names
-        return PredictResult(
+        result = PredictResult(
             model_version=version,
             image_wh=image.size,
             detections=[
@@ -211,6 +262,11 @@ async def predict(
                     strict=True,
                 )
             ],
+        )
+        return Response(
+            result.model_dump_json(),
+            media_type="application/json",
+            headers={"Server-Timing": f"runtime;dur={runtime_ms:.2f}"},
         )
 
     return await run_in_threadpool(run)

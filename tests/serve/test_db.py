@@ -12,22 +12,36 @@ from serve.db import Database, projects
 
 
 def test_a_lookup_outside_a_transaction_leaves_later_transactions_intact(db: Database) -> None:
-    # On PostgreSQL read_once switches a pooled connection to autocommit; the pool must switch it
-    # back, or the next write's rollback would undo nothing.
+    # On PostgreSQL fetch_one switches a pooled connection to autocommit; the pool must switch it
+    # back, or the next write's rollback would undo nothing. On SQLite it hands a pooled
+    # connection to the driver and back: the next transaction must still be one.
+    name_by_id = sa.select(projects.c.name, projects.c.created_at).where(
+        projects.c.id == sa.bindparam("id")
+    )
     for _ in range(3):
-        with db.read_once() as connection:
-            assert connection.execute(sa.text("SELECT 1")).scalar() == 1
-    row = {"id": "prj_x", "name": "x", "ontology": {}, "created_at": 0.0, "updated_at": 0.0}
+        assert db.fetch_one(name_by_id, {"id": "prj_x"}) is None
+    row = {"id": "prj_x", "name": "x", "ontology": {}, "created_at": 1.5, "updated_at": 0.0}
     with pytest.raises(RuntimeError, match="after the insert"), db.write() as connection:
         connection.execute(projects.insert().values(**row))
         raise RuntimeError("after the insert")
 
-    with db.read_once() as connection:
-        assert connection.execute(sa.select(sa.func.count()).select_from(projects)).scalar() == 0
+    assert db.fetch_one(name_by_id, {"id": "prj_x"}) is None
     with db.write() as connection:
         connection.execute(projects.insert().values(**row))
-    with db.read_once() as connection:
-        assert connection.execute(sa.select(projects.c.name)).scalar_one() == "x"
+    assert tuple(db.fetch_one(name_by_id, {"id": "prj_x"}) or ()) == ("x", 1.5)
+    # A change committed on another connection is seen by the very next lookup.
+    with db.write() as connection:
+        connection.execute(projects.update().values(name="y"))
+    assert tuple(db.fetch_one(name_by_id, {"id": "prj_x"}) or ()) == ("y", 1.5)
+
+
+def test_a_lookup_refuses_columns_the_driver_would_return_unconverted(db: Database) -> None:
+    ontology_by_id = sa.select(projects.c.ontology).where(projects.c.id == sa.bindparam("id"))
+    if db.is_postgres:  # goes through SQLAlchemy, which converts
+        assert db.fetch_one(ontology_by_id, {"id": "prj_none"}) is None
+        return
+    with pytest.raises(TypeError, match="'ontology'.*read\\(\\) instead"):
+        db.fetch_one(ontology_by_id, {"id": "prj_none"})
 
 
 def test_the_app_closes_the_connections_of_the_database_it_opened(

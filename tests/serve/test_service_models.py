@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from PIL import Image
 
 from labeler.exceptions import InputError
 from serve.runtime import load_runtime
-from tests.serve.conftest import Service, png_bytes
+from tests.serve.conftest import Service, Students, png_bytes
 
 
 def _post_images(service: Service, n: int) -> None:
@@ -109,7 +111,6 @@ def test_train_register_promote_download_predict(service: Service) -> None:
     # The endpoint answers exactly what the device runtime answers for the same file.
     path = service.settings.data_dir / "direct.onnx"
     path.write_bytes(onnx.content)
-    from PIL import Image
 
     direct = load_runtime(path, conf=0.1).predict([Image.open(io.BytesIO(image)).convert("RGB")])[0]
     assert len(predicted["detections"]) == len(direct)
@@ -125,6 +126,76 @@ def test_train_register_promote_download_predict(service: Service) -> None:
     )
     assert bad.status_code == 422
     assert "not_an_image" in bad.json()["detail"]
+
+
+def test_predict_takes_the_raw_image_or_a_form_and_answers_as_the_runtime_does(
+    service: Service, students: Students, sample_images: list[Path]
+) -> None:
+    version = service.promote_onnx(students.static)
+    direct = load_runtime(students.static, conf=0.1)
+    for path in sample_images[:3]:
+        data = path.read_bytes()
+        kind = "image/png" if path.suffix == ".png" else "image/jpeg"
+        raw = service.client.post(
+            service.url("/predict"),
+            headers={**service.headers, "Content-Type": kind},
+            content=data,
+            params={"conf": 0.1},
+        )
+        form = service.client.post(
+            service.url("/predict"),
+            headers=service.headers,
+            files={"file": (path.name, data, kind)},
+            params={"conf": 0.1},
+        )
+        assert raw.status_code == form.status_code == 200, (raw.text, form.text)
+        assert raw.headers["content-type"] == "application/json"
+        assert raw.json() == form.json()
+        assert raw.json()["model_version"] == version
+        assert "runtime;dur=" in raw.headers["server-timing"]
+        expected = direct(Image.open(path))
+        assert len(expected) > 0  # so that the comparison below compares boxes
+        np.testing.assert_allclose(
+            [d["xyxy"] for d in raw.json()["detections"]], expected.xyxy, atol=0.01
+        )
+    # Any image type, or bytes of no stated kind, is read as an image.
+    octet = service.client.post(
+        service.url("/predict"),
+        headers={**service.headers, "Content-Type": "application/octet-stream"},
+        content=sample_images[0].read_bytes(),
+    )
+    assert octet.status_code == 200, octet.text
+
+
+def test_predict_refuses_what_is_not_one_image_by_name(
+    service: Service, students: Students
+) -> None:
+    service.promote_onnx(students.static)
+    service.settings.max_image_bytes = 1000
+
+    def post(**request: Any) -> tuple[int, str]:
+        headers = {**service.headers, **request.pop("headers", {})}
+        response = service.client.post(service.url("/predict"), headers=headers, **request)
+        return response.status_code, str(response.json()["detail"])
+
+    png = {"Content-Type": "image/png"}
+    status, detail = post(headers=png, content=b"not an image")
+    assert status == 422 and detail.startswith("body") and "not_an_image" in detail
+    status, detail = post(headers=png, content=png_bytes(1, (64, 64)) + b"\0" * 1000)
+    assert (status, detail) == (422, "body: over the 1000-byte image limit")
+    # Without a Content-Length (chunked), the limit holds while the body streams in.
+    chunks = iter([b"\0" * 600, b"\0" * 600])
+    assert post(headers=png, content=chunks) == (422, "body: over the 1000-byte image limit")
+    status, detail = post(files={"file": ("big.png", b"\0" * 1001, "image/png")})
+    assert (status, detail) == (422, "file: over the 1000-byte image limit")
+    status, detail = post(files={"image": ("a.png", png_bytes(1), "image/png")})
+    assert status == 422 and detail.startswith("file: missing")
+    status, detail = post(data={"file": "a string, not a file"}, files={"x": ("x", b"x")})
+    assert status == 422 and detail.startswith("file: missing")
+    status, detail = post(headers={"Content-Type": "application/json"}, content=b"{}")
+    assert status == 415 and "'application/json'" in detail and "image/jpeg" in detail
+    status, detail = post(content=b"")
+    assert status == 415 and "(none)" in detail
 
 
 @pytest.mark.slow

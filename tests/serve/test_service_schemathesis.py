@@ -8,12 +8,14 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.serve.conftest import Service, png_bytes
+from tests.serve.conftest import Service, Students, png_bytes
 
 
 @pytest.mark.slow
-def test_no_generated_request_gets_a_server_error(service: Service) -> None:
-    # Real objects to aim at: an image and a job exist, so valid ids reach deep paths too.
+def test_no_generated_request_gets_a_server_error(service: Service, students: Students) -> None:
+    # Real objects to aim at: an image, a job and a production model exist, so valid ids reach
+    # deep paths too, and generated bodies reach the image decoder.
+    service.promote_onnx(students.static)
     service.client.post(
         service.url("/images"),
         headers=service.headers,
