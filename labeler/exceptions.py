@@ -69,7 +69,13 @@ class ModelLoadError(PromptlabelError):
 
 
 class DetectorError(PromptlabelError):
-    """The detector failed on every image, or on many in a row: the model, not the images."""
+    """The detector failed on every image, or on many in a row: the model or the machine (a GPU
+    out of memory), not the images. ``summary`` says so without the last error's own text, which
+    may name the model's files."""
+
+    def __init__(self, summary: str, last_error: BaseException) -> None:
+        super().__init__(f"{summary}; the last error: {type(last_error).__name__}: {last_error}")
+        self.summary = summary
 
 
 class VerifierError(PromptlabelError):

@@ -300,15 +300,15 @@ class _DetectorFailures:
         self.in_a_row += 1
         self.last = error
         if self.in_a_row >= self.in_a_row_limit:
-            self._stop(f"the detector failed on {self.in_a_row} images in a row")
+            raise DetectorError(
+                f"the detector failed on {self.in_a_row} images in a row", error
+            ) from error
 
     def check_any_succeeded(self) -> None:
         if self.last is not None and not self.succeeded_any:
-            self._stop(f"the detector failed on all {self.in_a_row} images")
-
-    def _stop(self, what: str) -> None:
-        error = self.last
-        raise DetectorError(f"{what}; the last error: {type(error).__name__}: {error}") from error
+            raise DetectorError(
+                f"the detector failed on all {self.in_a_row} images", self.last
+            ) from self.last
 
 
 def _propose_batch(

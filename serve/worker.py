@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from labeler.detector_options import DetectorOptions
-from labeler.exceptions import ModelLoadError, PromptlabelError
+from labeler.exceptions import DetectorError, ModelLoadError, PromptlabelError
 from labeler.files import copy_atomically
 from labeler.settings import Settings
 from serve.db import Database, images, job_images, projects
@@ -491,24 +491,34 @@ class Worker:
                 log.warning("job lost its lease while being given back; its new owner has it")
         except LeaseLost:
             log.warning("job lost its lease (another worker took it over); dropped")
+        except DetectorError as error:
+            # The model or the machine, not the caller's images, and it may pass (a GPU out of
+            # memory while another job holds it): retried like a crash. What the run proposed
+            # is kept, so the next attempt starts where this one stopped.
+            log.warning("job's detector failed: %s", error)
+            self._retry(job, f"{error.summary} (the server's log has the details)")
         except PromptlabelError as error:
             # The input or configuration is wrong: running it again would fail the same way.
             log.warning("job failed: %s", error)
             self._finish(job, JobStatus.FAILED, error=self._for_callers(error))
         except Exception as error:
             log.exception("job crashed")
-            delay_s = min(300.0, 5.0 * 2 ** (job.attempt - 1))
-            message = f"{type(error).__name__} (the server's log has the details)"
-            try:
-                if retry_job(self.db, job, error=message, delay_s=delay_s):
-                    log.info("job will be retried in %.0f s", delay_s)
-                else:
-                    JOBS_FINISHED.labels(kind=job.kind.value, status="failed").inc()
-            except LeaseLost:
-                log.warning("job lost its lease while failing")
+            self._retry(job, f"{type(error).__name__} (the server's log has the details)")
         finally:
             done.set()
             JOB_SECONDS.labels(kind=job.kind.value).observe(time.perf_counter() - started)
+
+    def _retry(self, job: ClaimedJob, message: str) -> None:
+        """Queue the job again after a backoff (5 s, doubling, at most 5 min), or fail it when
+        it is out of attempts; ``message`` is what callers see meanwhile."""
+        delay_s = min(300.0, 5.0 * 2 ** (job.attempt - 1))
+        try:
+            if retry_job(self.db, job, error=message, delay_s=delay_s):
+                log.info("job will be retried in %.0f s", delay_s)
+            else:
+                JOBS_FINISHED.labels(kind=job.kind.value, status="failed").inc()
+        except LeaseLost:
+            log.warning("job lost its lease while failing")
 
     def _for_callers(self, error: PromptlabelError) -> str:
         """A job's error as the API caller may read it. The caller's own mistakes are explained;

@@ -257,3 +257,35 @@ def test_callers_never_see_the_servers_paths_or_model_locations(
     ).json()
     assert failed["status"] == "failed"
     assert "could not be loaded" in failed["error"] and str(tmp_path) not in failed["error"]
+
+
+def test_a_detector_failing_on_every_image_is_retried_and_callers_see_no_model_files(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from labeler.propose import Detector
+    from serve.db import jobs
+
+    upload(service, ("a.png", png_bytes(1)), ("b.png", png_bytes(2)))
+    job_id = submit(service).json()["id"]
+    detector_path = service.settings.service_detectors["default"]
+
+    def out_of_memory(self: Detector, *_: object) -> None:
+        raise RuntimeError(f"CUDA out of memory while running {detector_path}/model.safetensors")
+
+    # A GPU another job holds: the run stops (the model, not the images) and is queued again.
+    with monkeypatch.context() as patch:
+        patch.setattr(Detector, "propose", out_of_memory)
+        assert service.run_jobs() == 1
+    queued = service.client.get(service.url(f"/jobs/{job_id}"), headers=service.headers).json()
+    assert queued["status"] == "queued", queued
+    assert queued["error"] == (
+        "the detector failed on all 2 images (the server's log has the details)"
+    )
+    assert service.run_jobs() == 0  # backing off
+
+    with service.db.write() as connection:  # the backoff is over
+        connection.execute(jobs.update().where(jobs.c.id == job_id).values(run_after=0.0))
+    assert service.run_jobs() == 1
+    done = service.client.get(service.url(f"/jobs/{job_id}"), headers=service.headers).json()
+    assert done["status"] == "succeeded", done
+    assert done["error"] is None and sum(done["result"]["labels"].values()) == 2 * 3
