@@ -274,27 +274,30 @@ class FetchClient:
                 outcome = self._get_once(
                     current, asked=url, max_bytes=max_bytes, shown=shown, hop=hop
                 )
-            except _AddressRefused as refused:
+            except (_AddressRefused, _ResolveFailed) as refused:
+                # One answer for a name that does not resolve and for one that resolves to an
+                # address that is not public, without the address or its kind: anything more
+                # would tell callers what the server's DNS knows, such as which internal names
+                # exist. The log keeps the difference (and fetch() logs the address).
+                address: str | None
+                if isinstance(refused, _ResolveFailed):
+                    logger.info(
+                        "URL fetch of %s: cannot resolve host %r: %s",
+                        shown,
+                        refused.host,
+                        refused.detail,
+                    )
+                    address, reason = None, "unresolvable"
+                else:
+                    address, reason = refused.address, refused.reason
                 where = f"redirected to {hop}, whose host" if hop else "host"
-                # Not the address nor its kind: they would tell the caller what the server's
-                # DNS says about any name (fetch() logs both).
                 raise UrlRefused(
-                    f"{shown}: refused: {where} {refused.host!r} resolves to an address that is "
-                    f"not public; if the service may reach it, add the host name (or the address "
-                    f"named in the server log) to {ALLOWLIST_SETTING}",
+                    f"{shown}: refused: {where} {refused.host!r} does not resolve to a public "
+                    "address; check the host name, or, if the service may reach it, add it (or "
+                    f"the address the server log names) to {ALLOWLIST_SETTING}",
                     url=shown,
-                    address=refused.address,
-                    reason=refused.reason,
-                ) from None
-            except _ResolveFailed as failed:
-                # The resolver's own words stay in the log, like a refused address.
-                logger.info(
-                    "URL fetch of %s: cannot resolve host %r: %s", shown, failed.host, failed.detail
-                )
-                raise InputError(
-                    f"{shown}: cannot resolve host {failed.host!r}"
-                    + (f" (redirected to {hop})" if hop else "")
-                    + "; check the host name"
+                    address=address,
+                    reason=reason,
                 ) from None
             except httpcore.TimeoutException:
                 raise InputError(

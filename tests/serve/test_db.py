@@ -40,7 +40,7 @@ def test_a_lookup_refuses_columns_the_driver_would_return_unconverted(db: Databa
     if db.is_postgres:  # goes through SQLAlchemy, which converts
         assert db.fetch_one(ontology_by_id, {"id": "prj_none"}) is None
         return
-    with pytest.raises(TypeError, match="'ontology'.*read\\(\\) instead"):
+    with pytest.raises(TypeError, match=r"'ontology'.*read\(\) instead"):
         db.fetch_one(ontology_by_id, {"id": "prj_none"})
 
 

@@ -320,7 +320,7 @@ def test_host_name_resolving_to_loopback_is_refused_after_dns(
     # The caller learns that the host is refused, not what the server's DNS says about it; the
     # server log keeps the address and its kind.
     message = str(caught.value)
-    assert "'public.example' resolves to an address that is not public" in message
+    assert "'public.example' does not resolve to a public address" in message
     assert "PROMPTLABEL_URL_ALLOWLIST" in message
     assert "127.0.0.1" not in message
     assert "loopback" not in message
@@ -336,7 +336,7 @@ def test_one_private_answer_among_public_ones_refuses_the_host(
     spied: Callable[..., Spied],
 ) -> None:
     spy = spied(UrlPolicy(), answers={"mixed.example": ["93.184.216.34", "10.0.0.1"]})
-    with pytest.raises(UrlRefused, match="resolves to an address that is not public") as caught:
+    with pytest.raises(UrlRefused, match="does not resolve to a public address") as caught:
         spy.fetch("http://mixed.example/cat.png")
     assert (caught.value.address, caught.value.reason) == ("10.0.0.1", "private")
     assert "10.0.0.1" not in str(caught.value)
@@ -406,7 +406,7 @@ def test_host_name_resolving_to_non_public_address_is_refused_before_connecting(
     assert caught.value.reason == reason
     resolved = str(ipaddress.ip_address(address))  # as the fetcher spells it
     assert caught.value.address == resolved
-    assert "resolves to an address that is not public" in str(caught.value)
+    assert "does not resolve to a public address" in str(caught.value)
     assert f"{resolved}," not in str(caught.value)
     assert f"a {reason} address" not in str(caught.value)
     assert spy.resolver.calls == [("cdn.example", 80)]
@@ -619,16 +619,23 @@ def test_connection_refused_is_reported() -> None:
         fetch_url(f"http://127.0.0.1:{port}/img", policy=LOOPBACK, max_bytes=1000)
 
 
-def test_unknown_host_is_reported(
+def test_an_unknown_host_gets_the_answer_an_internal_one_gets(
     spied: Callable[..., Spied], caplog: pytest.LogCaptureFixture
 ) -> None:
+    spy = spied(UrlPolicy(), answers={"internal.example": ["10.1.2.3"]})
     with (
         caplog.at_level(logging.INFO, logger="serve.fetch"),
-        pytest.raises(InputError, match=r"cannot resolve host 'nowhere\.example'") as caught,
+        pytest.raises(UrlRefused) as unknown,
     ):
-        spied(UrlPolicy()).fetch("http://nowhere.example/cat.png")
+        spy.fetch("http://nowhere.example/cat.png")
+    with pytest.raises(UrlRefused) as internal:
+        spy.fetch("http://internal.example/cat.png")
+    # Otherwise callers could ask the server's DNS which internal names exist.
+    assert str(unknown.value).replace("nowhere", "internal") == str(internal.value)
+    assert "check the host name" in str(unknown.value)
+    assert (unknown.value.address, unknown.value.reason) == (None, "unresolvable")
     # The resolver's own error is for the server log only.
-    assert "Name or service not known" not in str(caught.value)
+    assert "Name or service not known" not in str(unknown.value)
     assert "Name or service not known" in caplog.text
 
 
