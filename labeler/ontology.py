@@ -29,10 +29,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from labeler.exceptions import OntologyError
 
-__all__ = ["Ontology", "OntologyClass", "load_ontology", "parse_ontology"]
+__all__ = ["Ontology", "OntologyClass", "load_ontology", "ontology_from_data", "parse_ontology"]
 
 MAX_CLASSES = 256
 MAX_PHRASE_CHARS = 256
+
+
+def _refuse_unprintable(text: str) -> None:
+    # Names and phrases end up in every dataset file and prompt; a NUL, an escape sequence or an
+    # invisible character there is a mistake (and PostgreSQL refuses NUL in text).
+    unprintable = next((char for char in text if not char.isprintable() and char != " "), None)
+    if unprintable is not None:
+        raise ValueError(f"must not hold control or invisible characters (found {unprintable!r})")
 
 
 class OntologyClass(BaseModel):
@@ -59,6 +67,7 @@ class OntologyClass(BaseModel):
     def _name_is_a_label(cls, name: str) -> str:
         if not name.strip() or name != name.strip():
             raise ValueError("must be non-empty with no leading or trailing spaces")
+        _refuse_unprintable(name)
         return name
 
     @field_validator("detect")
@@ -71,6 +80,8 @@ class OntologyClass(BaseModel):
             raise ValueError(f"phrases must be at most {MAX_PHRASE_CHARS} characters")
         if len(set(cleaned)) != len(cleaned):
             raise ValueError("phrases must not repeat")
+        for phrase in cleaned:
+            _refuse_unprintable(phrase)
         return cleaned
 
     @field_validator("verify")
@@ -80,6 +91,8 @@ class OntologyClass(BaseModel):
             raise ValueError("use a question, false, or leave it out (True is not a question)")
         if isinstance(verify, str) and not verify.strip():
             raise ValueError("the question must not be empty (use false to skip verification)")
+        if isinstance(verify, str):
+            _refuse_unprintable(verify.replace("\n", " ").replace("\t", " "))
         return verify.strip() if isinstance(verify, str) else verify
 
     @property
@@ -148,7 +161,7 @@ class Ontology:
     @classmethod
     def from_mapping(cls, mapping: dict[str, str | list[str]]) -> Ontology:
         """Build an ontology in code, short form: class name to phrase(s)."""
-        return parse_ontology(yaml.safe_dump({"classes": mapping}), source="<memory>")
+        return ontology_from_data({"classes": mapping}, source="<memory>")
 
 
 def _node_at(
@@ -205,6 +218,18 @@ def parse_ontology(text: str, *, source: str = "<string>") -> Ontology:
         raise OntologyError(
             f"{source}{where}: not valid YAML ({getattr(exc, 'problem', exc)})"
         ) from None
+    return _validated(raw, root, source)
+
+
+def ontology_from_data(raw: Any, *, source: str) -> Ontology:
+    """Validate an ontology given as data (decoded JSON, long or short form): the checks and
+    messages of an ontology file, without line numbers."""
+    return _validated(raw, None, source)
+
+
+def _validated(raw: Any, root: yaml.Node | None, source: str) -> Ontology:
+    """The ontology in ``raw``; errors name the line of ``root`` (the YAML it came from) when
+    there is one."""
     if not isinstance(raw, dict):
         raise OntologyError(f"{source}: expected a mapping with a 'classes' key")
     try:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import sqlalchemy as sa
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,7 +39,7 @@ log = logging.getLogger(__name__)
 JSON_BODY_LIMIT = 1024 * 1024  # JSON bodies are small; only uploads may be large
 # The routes that take files (image uploads and zips, an image to predict on): only they get the
 # upload limit. Chosen by path, not by the client's Content-Type, which the client controls.
-UPLOAD_PATHS = re.compile(r"/v1/projects/[^/]+/(images|predict)")
+UPLOAD_PATHS = re.compile(r"/v1/projects/[^/]+/(images|predict)/?")
 # Request methods the metrics name; any other (clients may send anything) counts as OTHER, so
 # that made-up methods cannot grow the metrics without bound.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -56,9 +60,10 @@ class BodyLimit:
         headers = dict(scope["headers"])
         uploads = UPLOAD_PATHS.fullmatch(scope["path"]) is not None
         limit = self.upload_limit if uploads else self.json_limit
+        refusal = _too_large_message(limit, uploads=uploads)
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _too_large(limit, send)
+            await _too_large(refusal, send)
             return
         received = 0
 
@@ -68,30 +73,29 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _TooLarge(limit)
+                    raise _TooLarge(refusal)
             return message
 
         try:
             await self.app(scope, limited_receive, send)
         except _TooLarge:
-            await _too_large(limit, send)
+            await _too_large(refusal, send)
 
 
 class _TooLarge(HTTPException):
     # An HTTPException, so that FastAPI's body parsing passes it on instead of answering 400.
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, _too_large_message(limit))
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message)
 
 
-def _too_large_message(limit: int) -> str:
-    return f"request body over the {limit}-byte limit (PROMPTLABEL_MAX_UPLOAD_BYTES for uploads)"
+def _too_large_message(limit: int, *, uploads: bool) -> str:
+    if uploads:
+        return f"request body over the {limit}-byte upload limit (PROMPTLABEL_MAX_UPLOAD_BYTES)"
+    return f"request body over the {limit}-byte limit for JSON bodies"
 
 
-async def _too_large(limit: int, send: Send) -> None:
-    response = JSONResponse(
-        {"detail": _too_large_message(limit)},
-        status_code=413,
-    )
+async def _too_large(message: str, send: Send) -> None:
+    response = JSONResponse({"detail": message}, status_code=413)
     await response({"type": "http"}, _no_receive, send)
 
 
@@ -124,6 +128,24 @@ def _value_refused(request: Request, error: Exception) -> JSONResponse:
         {"detail": f"a value in the request cannot be stored or looked up: {reason}"},
         status_code=422,
     )
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every float that JSON cannot hold (NaN, infinities) as its text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
+    # FastAPI's own answer, but JSON-safe: Python's JSON reader takes NaN, Infinity and 1e400,
+    # the answer quotes the refused input back, and a JSON response cannot hold those floats.
+    assert isinstance(error, RequestValidationError)
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(error.errors()))}, status_code=422)
 
 
 class Observe:
@@ -217,6 +239,7 @@ def create_app(settings: Settings, *, db: Database | None = None, workers: int =
     for router in (health, projects, images, jobs, models):
         app.include_router(router.router)
     app.add_exception_handler(PromptlabelError, _error_response)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(sa.exc.DataError, _value_refused)
     app.add_middleware(BodyLimit, upload_limit=settings.max_upload_bytes)
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 
 from labeler.exceptions import InputError
-from labeler.ontology import Ontology, parse_ontology
+from labeler.ontology import Ontology
 from serve.db import Database, api_keys, projects
 
 __all__ = [
@@ -31,7 +29,6 @@ __all__ = [
     "get_project_by_name",
     "list_api_keys",
     "new_id",
-    "ontology_from_json",
     "revoke_api_key",
 ]
 
@@ -41,12 +38,6 @@ KEY_PREFIX = "pl_"
 def new_id(prefix: str) -> str:
     """A random id with a readable prefix (``job_3f9c...``)."""
     return f"{prefix}_{secrets.token_hex(8)}"
-
-
-def ontology_from_json(value: Any, *, source: str) -> Ontology:
-    """Validate an ontology given as JSON data (long or short form); errors name ``source``."""
-    # JSON is YAML, so a request body gets the same checks and messages as an ontology file.
-    return parse_ontology(json.dumps(value), source=source)
 
 
 @dataclass(frozen=True)

@@ -544,7 +544,7 @@ class _GuardedBackend(httpcore.NetworkBackend):
             answers = lookup.result(timeout=_time_left())
         except concurrent.futures.TimeoutError:
             raise httpcore.ConnectTimeout(f"resolving {host!r} took too long") from None
-        except OSError as error:
+        except (OSError, UnicodeError) as error:  # UnicodeError: a label over 63 characters
             raise _ResolveFailed(host, str(error)) from None
         addresses: list[str] = []
         for answer in answers:

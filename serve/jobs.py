@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 import zipfile
@@ -385,9 +386,14 @@ _PRIVATE_PROVENANCE = frozenset({"workspace", "run_id", "verifier_endpoint"})
 _RUN_FILES = frozenset({"report.json", "review.json", "labels.jsonl"})
 
 
-def _run_file_for_callers(file: Path, job_folder: Path, params: dict[str, Any]) -> str:
-    # Image paths become paths inside the job's folder ("images/000001-img_….png").
-    text = file.read_text(encoding="utf-8").replace(f"{job_folder}{os.sep}", "")
+def _run_file_for_callers(file: Path, job_id: str, params: dict[str, Any]) -> str:
+    # Image paths become paths inside the job's folder ("images/000001-img_….png"), however the
+    # worker that wrote them spelled the data folder: relative (the default), through a link,
+    # from another working directory. The job's id makes the folder unmistakable.
+    in_job_folder = re.compile(
+        rf'(?:[^"\n]*{re.escape(os.sep)})?jobs{re.escape(os.sep + job_id + os.sep)}'
+    )
+    text = in_job_folder.sub("", file.read_text(encoding="utf-8"))
     if file.name != "report.json":
         return text
     report = json.loads(text)
@@ -437,8 +443,7 @@ def export_archive(
                 for file in [path] if path.is_file() else files:
                     name = file.relative_to(source).as_posix()
                     if name in _RUN_FILES:
-                        folder = job_dir(data_dir, job_id).resolve()
-                        out.writestr(name, _run_file_for_callers(file, folder, job.params))
+                        out.writestr(name, _run_file_for_callers(file, job_id, job.params))
                         continue
                     is_image = file.parent.name in {"train", "val"} and "images" in file.parts
                     out.write(

@@ -33,10 +33,8 @@ from __future__ import annotations
 import ast
 import functools
 import heapq
-import io
 import logging
 import math
-import sys
 import threading
 import warnings
 from collections.abc import Mapping, Sequence
@@ -52,7 +50,14 @@ from PIL import Image, ImageOps
 
 from labeler.detections import Detections
 from labeler.exceptions import ImageError, InputError, ModelLoadError
-from labeler.images import DEFAULT_MAX_PIXELS, decode_image_bytes, load_image
+from labeler.images import (
+    DEFAULT_MAX_PIXELS,
+    check_image_size,
+    decode_image_bytes,
+    load_image,
+    open_image_bytes,
+    to_rgb,
+)
 
 __all__ = [
     "MAX_WH",
@@ -512,15 +517,6 @@ def _decode_end2end(
 # Images
 
 
-def _pillow_open(data: bytes) -> Image.Image:
-    # Importing Ultralytics replaces PIL.Image.open with a wrapper that may pip-install pi-heif;
-    # the original is kept as ``_image_open`` in the wrapper's module (see labeler.images).
-    opener = Image.open
-    if opener.__module__ != Image.__name__:
-        opener = getattr(sys.modules.get(opener.__module__), "_image_open", opener)
-    return opener(io.BytesIO(data))
-
-
 def _read_image(path: Path) -> Image.Image:
     """An RGB image from a file, EXIF orientation applied; failures become ImageError."""
     try:
@@ -531,28 +527,32 @@ def _read_image(path: Path) -> Image.Image:
 
 
 def read_image_bytes(
-    data: bytes, *, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    *,
+    name: str = "<bytes>",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: tuple[str, ...] | None = None,
 ) -> Image.Image:
     """An RGB image from encoded bytes (as read from a file), EXIF orientation applied.
 
-    The common case is a plain decode; anything unusual (16-bit, damaged, not an image, more
-    than ``max_pixels``) is handed to ``labeler.images.decode_image_bytes``, which knows every
-    failure reason and raises ImageError naming ``name``.
+    ``formats`` (Pillow's names, e.g. ``("JPEG", "PNG")``) limits which decoders may try the
+    bytes; None lets every decoder Pillow has try them. The common case is a plain decode; bytes
+    that fail it are handed to ``labeler.images.decode_image_bytes``, which knows every failure
+    reason and raises ImageError naming ``name``.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = _pillow_open(data)
-            if image.width * image.height > max_pixels:
-                raise ValueError("too many pixels")
+            image = open_image_bytes(data, max_pixels=max_pixels, formats=formats)
+            check_image_size(image, name=name, max_pixels=max_pixels)
             image.load()
-        if image.mode not in ("RGB", "L", "RGBA", "P", "LA", "CMYK", "YCbCr"):
-            raise ValueError(f"mode {image.mode}")  # 16-bit and float images: the slow path
-        if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
-            image = ImageOps.exif_transpose(image)
-        return image if image.mode == "RGB" else image.convert("RGB")
+    except ImageError:
+        raise
     except Exception:
-        return decode_image_bytes(data, name=name, max_pixels=max_pixels).image
+        return decode_image_bytes(data, name=name, max_pixels=max_pixels, formats=formats).image
+    if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    return to_rgb(image)
 
 
 def _as_rgb(image: ImageInput, index: int) -> Image.Image | npt.NDArray[np.uint8]:

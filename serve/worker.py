@@ -249,9 +249,9 @@ def _materialize(rows: list[Any], data_dir: Path, images_dir: Path) -> dict[str,
 def run_label_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection], None]]:
     """Label the job's images with ``labeler.run_label``; returns the summary and a writer of the
     per-image results (run in the same transaction that marks the job succeeded)."""
+    from labeler.ontology import ontology_from_data
     from labeler.pipeline import LABELS_FILENAME, LabelConfig, run_label
     from labeler.route import RouteThresholds
-    from serve.auth import ontology_from_json
 
     settings = ctx.settings
     params = LabelJobCreate.model_validate(
@@ -263,7 +263,7 @@ def run_label_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection
             ontology_json = connection.execute(
                 sa.select(projects.c.ontology).where(projects.c.id == ctx.job.project_id)
             ).scalar_one()
-    ontology = ontology_from_json(ontology_json, source=f"job {ctx.job.id} ontology")
+    ontology = ontology_from_data(ontology_json, source=f"job {ctx.job.id} ontology")
     rows = _job_images(ctx)
     folder = job_dir(settings.data_dir, ctx.job.id)
     by_stem = _materialize(rows, settings.data_dir, folder / "images")

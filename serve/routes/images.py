@@ -50,6 +50,9 @@ def _answer(result: IngestResult, response: Response) -> ImageUploadResult:
         reasons = "; ".join(
             f"{r.name}: {r.reason}" + (f" ({r.detail})" if r.detail else "")
             for r in body.rejected[:10]
+        ) or (
+            "the upload holds no file (an empty archive, or only folders, hidden files and "
+            "__MACOSX/)"
         )
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"no usable image: {reasons}")
     response.status_code = status.HTTP_201_CREATED

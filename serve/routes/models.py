@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from functools import partial
@@ -13,15 +14,19 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
-from labeler.exceptions import ConflictError, InputError, NotFoundError
+from labeler.exceptions import ConflictError, InputError, ModelLoadError, NotFoundError
 from serve.deps import Db, ProjectId, ServiceSettings
+from serve.ingest import ACCEPTED_FORMATS, DECODE_SLOTS
 from serve.runtime import OnnxDetector, load_runtime, read_image_bytes
 from serve.schemas import ModelPublic, PredictResult, PromotionPublic, error_responses
 from serve.worker import registry_dir
 
 if TYPE_CHECKING:
     from distill.registry import ModelVersion, PromotionDecision, Registry
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/projects/{project_id}", tags=["models"])
 _ERRORS = error_responses(404, 409, 422)
@@ -159,7 +164,15 @@ class _Predictors:
             if cached is not None and cached[1] == production.version:
                 detector = cached[2]
             else:
-                detector = load_runtime(artifact.path, conf=0.1)
+                try:
+                    detector = load_runtime(artifact.path, conf=0.1)
+                except ModelLoadError as error:
+                    # The message names the file; callers never see where the server keeps data.
+                    log.error("project %s: %s", project_id, error)
+                    raise ModelLoadError(
+                        f"production model {production.version} could not be loaded; the "
+                        "server's log says why"
+                    ) from None
             self._loaded[project_id] = (time.monotonic(), production.version, detector)
             return production.version, detector
 
@@ -169,7 +182,7 @@ PREDICTORS = _Predictors()
 
 # A device posts the image itself (``curl --data-binary @frame.jpg -H "Content-Type: image/jpeg"``);
 # a browser or the docs page posts a form. The raw body skips multipart parsing, the cheaper path.
-_RAW_IMAGE_TYPES = ("image/", "application/octet-stream")
+_OCTET_STREAM = "application/octet-stream"
 _BINARY = {"type": "string", "format": "binary"}
 _PREDICT_BODY = {
     "required": True,
@@ -193,24 +206,44 @@ _PREDICT_BODY = {
 async def _image_from_request(request: Request, max_bytes: int) -> tuple[bytes, str]:
     """The posted image's bytes and a name for messages: the raw body or the form's ``file``."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type.startswith(_RAW_IMAGE_TYPES):
+    try:
+        return await _read_image(request, content_type, max_bytes)
+    except ClientDisconnect:
+        # As FastAPI answers a body it cannot read: the client is gone, so no one reads it.
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, "the client disconnected before the image arrived"
+        ) from None
+
+
+def _too_large(field: str, max_bytes: int) -> HTTPException:
+    return HTTPException(
+        status.HTTP_413_CONTENT_TOO_LARGE,
+        f"{field}: over the {max_bytes}-byte image limit (PROMPTLABEL_MAX_IMAGE_BYTES)",
+    )
+
+
+async def _read_image(request: Request, content_type: str, max_bytes: int) -> tuple[bytes, str]:
+    if content_type.startswith("image/") or content_type == _OCTET_STREAM:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > max_bytes:
-            raise InputError(f"body: over the {max_bytes}-byte image limit")
+            raise _too_large("body", max_bytes)
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > max_bytes:
-                raise InputError(f"body: over the {max_bytes}-byte image limit")
+                raise _too_large("body", max_bytes)
         return bytes(body), "body"
     if content_type == "multipart/form-data":
         async with request.form(max_files=1, max_fields=8) as form:
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
-                raise InputError("file: missing; send the image as the form's 'file' field")
+                raise InputError(
+                    "file: missing (or the form was cut off before its end); send the image "
+                    "as the form's 'file' field"
+                )
             data = await upload.read(max_bytes + 1)
             if len(data) > max_bytes:
-                raise InputError(f"file: over the {max_bytes}-byte image limit")
+                raise _too_large("file", max_bytes)
             return data, upload.filename or "file"
     raise HTTPException(
         status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
@@ -223,7 +256,7 @@ async def _image_from_request(request: Request, max_bytes: int) -> tuple[bytes, 
     "/predict",
     summary="Detect objects in one image with the production model (device runtime)",
     response_model=PredictResult,
-    responses=error_responses(404, 409, 415, 422),
+    responses=error_responses(400, 404, 409, 413, 415, 422, 503),
     openapi_extra={"requestBody": _PREDICT_BODY},
 )
 async def predict(
@@ -240,7 +273,10 @@ async def predict(
         # The answer is serialized here too, so the event loop only sends bytes.
         version, detector = PREDICTORS.get(settings.data_dir, project_id)
         started = time.perf_counter()
-        image = read_image_bytes(data, name=name, max_pixels=settings.max_image_pixels)
+        with DECODE_SLOTS:  # as for uploads: a 10 KB PNG may hold 81 M pixels
+            image = read_image_bytes(
+                data, name=name, max_pixels=settings.max_image_pixels, formats=ACCEPTED_FORMATS
+            )
         detections = detector.predict([image])[0]
         runtime_ms = (time.perf_counter() - started) * 1e3
         keep = detections.confidence >= conf

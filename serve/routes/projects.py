@@ -7,7 +7,7 @@ import time
 import sqlalchemy as sa
 from fastapi import APIRouter
 
-from serve.auth import ontology_from_json
+from labeler.ontology import ontology_from_data
 from serve.db import Database, images, projects
 from serve.deps import CurrentPrincipal, Db, ProjectId
 from serve.schemas import OntologyIn, ProjectPublic, as_datetime, error_responses
@@ -47,7 +47,7 @@ def get_project(db: Db, project_id: ProjectId) -> ProjectPublic:
     responses=error_responses(404, 422),
 )
 def put_ontology(db: Db, project_id: ProjectId, body: OntologyIn) -> ProjectPublic:
-    ontology = ontology_from_json(body.model_dump(mode="json"), source="ontology")
+    ontology = ontology_from_data(body.model_dump(mode="json"), source="ontology")
     with db.write() as connection:
         connection.execute(
             sa.update(projects)

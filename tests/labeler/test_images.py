@@ -254,3 +254,36 @@ def test_reasons_hold_after_ultralytics_patches_pillow(
     assert caught.value.reason == reason
     assert "pi-heif" not in caplog.text  # no install was attempted (nor refused)
     assert Image.open.__module__ == "ultralytics.utils.patches"  # the patch really was in place
+
+
+def test_the_pixel_limit_is_the_callers_on_both_sides_of_pillows_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from labeler.images import decode_image_bytes
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # Pillow's default; restored after
+    bomb = png_claiming(20_000, 10_000)  # 200 M pixels: over twice Pillow's default limit
+    with pytest.raises(ImageError) as caught:
+        decode_image_bytes(bomb, name="bomb.png", max_pixels=89_478_485)
+    # Pillow refuses it inside open(), before the size is ours to read: the limit named is ours.
+    assert (caught.value.reason, caught.value.detail) == (
+        "too_many_pixels",
+        "200000000 pixels > 89478485 pixels",
+    )
+    # A caller that allows more gets past Pillow's refusal to the pixels (a few dozen bytes of
+    # them here, hence truncated).
+    with pytest.raises(ImageError) as caught:
+        decode_image_bytes(bomb, name="bomb.png", max_pixels=300_000_000)
+    assert caught.value.reason in {"truncated", "corrupt"}
+
+
+def test_a_side_over_jpegs_limit_is_refused_from_the_header() -> None:
+    from labeler.images import MAX_SIDE, decode_image_bytes
+
+    # 1 x 80,000,000 is under the pixel limit, and a PNG decodes it row by row for 16 s.
+    with pytest.raises(ImageError) as caught:
+        decode_image_bytes(png_claiming(1, 80_000_000), name="strip.png")
+    assert (caught.value.reason, caught.value.detail) == (
+        "too_many_pixels",
+        f"1x80000000: a side over {MAX_SIDE}",
+    )

@@ -639,6 +639,14 @@ def test_an_unknown_host_gets_the_answer_an_internal_one_gets(
     assert "Name or service not known" in caplog.text
 
 
+def test_a_host_label_over_63_characters_is_refused_not_a_crash() -> None:
+    # The system resolver's IDNA step raises UnicodeError (a ValueError), not OSError; a
+    # redirect to such a host takes the same path.
+    with pytest.raises(UrlRefused) as caught:
+        fetch_url(f"http://{'a' * 70}.example/cat.png", policy=UrlPolicy(), max_bytes=1000)
+    assert caught.value.reason == "unresolvable"
+
+
 def test_a_slow_dns_lookup_ends_at_the_fetch_deadline() -> None:
     release = threading.Event()
 

@@ -176,7 +176,7 @@ def test_json_routes_keep_their_limit_whatever_the_content_type_says(
         content=body,
     )
     assert response.status_code == 413
-    assert "1048576-byte limit" in response.json()["detail"]
+    assert response.json()["detail"] == "request body over the 1048576-byte limit for JSON bodies"
 
 
 def test_nul_characters_in_ids_and_names_are_client_errors(service: Service) -> None:
@@ -221,6 +221,17 @@ def small_upload_limit(service: Service) -> Service:
 def test_chunked_upload_over_a_small_limit_is_413(small_upload_limit: Service) -> None:
     response = post_files(small_upload_limit, [("big.png", b"\x00" * (2 * 1024 * 1024))])
     assert response.status_code == 413
+    assert response.json()["detail"] == (
+        "request body over the 1048576-byte upload limit (PROMPTLABEL_MAX_UPLOAD_BYTES)"
+    )
+    # The path with a trailing slash (redirected once read) gets the upload limit too.
+    response = small_upload_limit.client.post(
+        small_upload_limit.url("/predict/"),
+        headers={**small_upload_limit.headers, "Content-Type": "image/png"},
+        content=b"\x00" * (2 * 1024 * 1024),
+    )
+    assert response.status_code == 413
+    assert "upload limit (PROMPTLABEL_MAX_UPLOAD_BYTES)" in response.json()["detail"]
 
 
 @pytest.mark.parametrize(
@@ -467,3 +478,49 @@ def test_url_fetching_stops_at_the_request_deadline(
     ]
     assert all("PROMPTLABEL_FETCH_REQUEST_TIMEOUT_S" in r["detail"] for r in body["rejected"])
     assert elapsed_s < 3  # not 4 x 10 s
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_numbers_json_cannot_hold_are_422_naming_the_field(service: Service, literal: str) -> None:
+    # Python's JSON reader takes them; the answer quotes the refused value back, which once
+    # made the answer itself fail (500).
+    for path, body in (
+        ("/label-jobs", f'{{"box_threshold": {literal}}}'),
+        ("/images/fetch", f'{{"urls": [{literal}]}}'),
+    ):
+        response = service.client.post(
+            service.url(path),
+            headers={**service.headers, "Content-Type": "application/json"},
+            content=body,
+        )
+        assert response.status_code == 422, (path, response.text)
+        [error] = response.json()["detail"]
+        assert error["loc"][:2] == ["body", "box_threshold" if "label" in path else "urls"]
+
+
+def test_an_upload_with_no_file_says_so(service: Service) -> None:
+    response = post_files(service, [("empty.zip", zip_of({}))])
+    assert response.status_code == 422
+    assert response.json()["detail"] == (
+        "no usable image: the upload holds no file (an empty archive, or only folders, hidden "
+        "files and __MACOSX/)"
+    )
+
+
+def test_ontology_names_are_checked_as_data_not_as_yaml(service: Service) -> None:
+    def put(classes: object) -> tuple[int, str]:
+        response = service.client.put(
+            service.url("/ontology"), headers=service.headers, json={"classes": classes}
+        )
+        return response.status_code, response.text
+
+    # YAML limits simple keys to 1024 characters; JSON has no such limit, and the answer is
+    # about the name, not about YAML.
+    status, text = put({"a" * 1100: "thing"})
+    assert status == 422 and "at most 256 characters" in text and "YAML" not in text
+    for name in ("a\u0000b", "line\nbreak", "bell\u0007", "zero\u200bwidth"):
+        status, text = put({name: "thing"})
+        assert status == 422 and "must not hold control or invisible characters" in text, name
+    status, text = put([{"name": "ok", "detect": "a\u0000phrase"}])
+    assert status == 422 and "control or invisible" in text
+    assert put({"café crème": "a cup of coffee"})[0] == 200

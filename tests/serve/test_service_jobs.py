@@ -289,3 +289,29 @@ def test_a_detector_failing_on_every_image_is_retried_and_callers_see_no_model_f
     done = service.client.get(service.url(f"/jobs/{job_id}"), headers=service.headers).json()
     assert done["status"] == "succeeded", done
     assert done["error"] is None and sum(done["result"]["labels"].values()) == 2 * 3
+
+
+@pytest.mark.parametrize(
+    "data_dir",
+    [
+        "promptlabel-data",  # relative: the default
+        "/srv/link-to-data",  # through a link, unresolved
+        "/real/data",
+        ".",
+    ],
+)
+def test_exported_run_files_hold_paths_inside_the_job_however_the_data_folder_was_spelt(
+    tmp_path: Path, data_dir: str
+) -> None:
+    from serve.jobs import _run_file_for_callers
+
+    job_id = "job_0f89618f95f248fb"
+    image = f"{data_dir}/jobs/{job_id}/images/000001-img_ab.png".removeprefix("./")
+    other_job = f"{data_dir}/jobs/job_other/images/x.png"
+    lines = tmp_path / "labels.jsonl"
+    lines.write_text(
+        json.dumps({"path": image, "labels": []}) + "\n" + json.dumps({"path": other_job}) + "\n"
+    )
+    rewritten = _run_file_for_callers(lines, job_id, {}).splitlines()
+    assert json.loads(rewritten[0])["path"] == "images/000001-img_ab.png"
+    assert json.loads(rewritten[1])["path"] == other_job  # not this job's: left alone

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 from pathlib import Path
@@ -181,21 +182,116 @@ def test_predict_refuses_what_is_not_one_image_by_name(
     png = {"Content-Type": "image/png"}
     status, detail = post(headers=png, content=b"not an image")
     assert status == 422 and detail.startswith("body") and "not_an_image" in detail
+    too_large = "over the 1000-byte image limit (PROMPTLABEL_MAX_IMAGE_BYTES)"
     status, detail = post(headers=png, content=png_bytes(1, (64, 64)) + b"\0" * 1000)
-    assert (status, detail) == (422, "body: over the 1000-byte image limit")
+    assert (status, detail) == (413, f"body: {too_large}")
     # Without a Content-Length (chunked), the limit holds while the body streams in.
     chunks = iter([b"\0" * 600, b"\0" * 600])
-    assert post(headers=png, content=chunks) == (422, "body: over the 1000-byte image limit")
+    assert post(headers=png, content=chunks) == (413, f"body: {too_large}")
     status, detail = post(files={"file": ("big.png", b"\0" * 1001, "image/png")})
-    assert (status, detail) == (422, "file: over the 1000-byte image limit")
+    assert (status, detail) == (413, f"file: {too_large}")
     status, detail = post(files={"image": ("a.png", png_bytes(1), "image/png")})
     assert status == 422 and detail.startswith("file: missing")
     status, detail = post(data={"file": "a string, not a file"}, files={"x": ("x", b"x")})
     assert status == 422 and detail.startswith("file: missing")
-    status, detail = post(headers={"Content-Type": "application/json"}, content=b"{}")
-    assert status == 415 and "'application/json'" in detail and "image/jpeg" in detail
+    for content_type in ("application/json", "application/octet-streamx", "text/plain"):
+        status, detail = post(headers={"Content-Type": content_type}, content=b"{}")
+        assert status == 415 and f"'{content_type}'" in detail and "image/jpeg" in detail
     status, detail = post(content=b"")
     assert status == 415 and "(none)" in detail
+
+
+def test_predict_decodes_only_the_upload_formats_one_per_cpu_at_most(
+    service: Service, students: Students, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import serve.routes.models
+
+    service.promote_onnx(students.static)
+    # Formats Pillow could read, which uploads refuse (EPS would even run Ghostscript).
+    for kind in ("GIF", "ICO", "TGA", "PPM"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (64, 48), "red").save(buffer, format=kind)
+        response = service.client.post(
+            service.url("/predict"),
+            headers={**service.headers, "Content-Type": "image/x-anything"},
+            content=buffer.getvalue(),
+        )
+        assert response.status_code == 422, (kind, response.text)
+        assert "not_an_image" in response.json()["detail"], kind
+
+    # Each decode holds one of the decode slots uploads use, so that a 10 KB PNG of 81 M pixels
+    # per request cannot run 40 at once.
+    slots = threading.BoundedSemaphore(1)
+    held_while_decoding: list[bool] = []
+    decode = serve.routes.models.read_image_bytes
+
+    def watched(*args: Any, **kwargs: Any) -> Image.Image:
+        held_while_decoding.append(not slots.acquire(blocking=False))
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(serve.routes.models, "DECODE_SLOTS", slots)
+    monkeypatch.setattr(serve.routes.models, "read_image_bytes", watched)
+    response = service.client.post(
+        service.url("/predict"),
+        headers={**service.headers, "Content-Type": "image/png"},
+        content=png_bytes(1, (64, 48)),
+    )
+    assert response.status_code == 200, response.text
+    assert held_while_decoding == [True]
+    assert slots.acquire(blocking=False)  # and given back
+
+
+def test_a_production_model_that_does_not_load_is_503_without_its_path(
+    service: Service, students: Students, tmp_path: Path
+) -> None:
+    import serve.routes.models
+
+    copy = tmp_path / "model.onnx"
+    copy.write_bytes(students.static.read_bytes())
+    version = service.promote_onnx(copy)
+    registry = service.settings.data_dir / "projects" / service.project_id / "registry"
+    [stored] = registry.rglob(f"{version}/model.onnx")
+    stored.write_bytes(stored.read_bytes()[:1000])  # damaged on disk
+    serve.routes.models.PREDICTORS.forget(service.project_id)
+    response = service.client.post(
+        service.url("/predict"),
+        headers={**service.headers, "Content-Type": "image/png"},
+        content=png_bytes(1),
+    )
+    assert response.status_code == 503
+    assert response.json()["detail"] == (
+        f"production model {version} could not be loaded; the server's log says why"
+    )
+
+
+def test_a_client_gone_before_its_image_arrived_is_a_client_error() -> None:
+    from fastapi import HTTPException
+    from starlette.requests import Request
+
+    from serve.routes.models import _image_from_request
+
+    async def read(content_type: bytes) -> None:
+        messages = iter(
+            [
+                {"type": "http.request", "body": b"--x\r\nContent-Disp", "more_body": True},
+                {"type": "http.disconnect"},
+            ]
+        )
+
+        async def receive() -> dict[str, Any]:
+            return next(messages)
+
+        scope = {"type": "http", "method": "POST", "headers": [(b"content-type", content_type)]}
+        await _image_from_request(Request(scope, receive), max_bytes=1000)
+
+    # Not a 500 and a traceback in the log: flaky device connections drop all the time.
+    for content_type in (b"image/png", b"multipart/form-data; boundary=x"):
+        with pytest.raises(HTTPException) as caught:
+            asyncio.run(read(content_type))
+        assert caught.value.status_code == 400
+        assert caught.value.detail == "the client disconnected before the image arrived"
 
 
 @pytest.mark.slow
