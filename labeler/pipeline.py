@@ -481,7 +481,14 @@ def _verify(
                 await verifier.verify_boxes(loaded.image, item.xyxy, item.questions, save)
 
         try:
-            await asyncio.gather(*(verify_image(item) for item in work))
+            # A task group, not gather: when one image's task raises (a stop, a cancel), the
+            # others are cancelled and waited for before the verifier closes under them.
+            async with asyncio.TaskGroup() as group:
+                for item in work:
+                    group.create_task(verify_image(item))
+        except BaseExceptionGroup as failed:
+            # Callers catch the stop or the error itself (JobCancelled, KeyboardInterrupt, ...).
+            raise failed.exceptions[0] from None
         finally:
             stats.calls += verifier.stats.calls - calls_before
             stats.errors += verifier.stats.errors - errors_before

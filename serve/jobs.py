@@ -31,6 +31,7 @@ from serve.queue import JobKind, JobStatus
 from serve.schemas import LabelJobCreate, TrainJobCreate
 
 __all__ = [
+    "INTERNAL_PROGRESS_KEYS",
     "JobRecord",
     "cancel_job",
     "dataset_dir",
@@ -74,14 +75,27 @@ class JobRecord:
 
     @property
     def eta_s(self) -> float | None:
-        """Seconds to go, from the share of work done since the job (last) started."""
+        """Seconds to go. In the stage that takes the time (verifying, training: what follows
+        it is short), from that stage's own pace; before it, from the share of the job done
+        since this attempt started, by fixed stage weights (a rough guess: how slow the
+        verifier is shows only once it runs)."""
         if self.status != JobStatus.RUNNING or not self.progress or self.started_at is None:
             return None
+        now = time.time()
+        done, total = int(self.progress.get("done") or 0), int(self.progress.get("total") or 0)
+        stage_elapsed = now - float(self.progress.get("stage_started_at") or now)
+        if self.progress.get("stage") in _PACED_STAGES and 0 < done <= total:
+            return round(stage_elapsed * (total - done) / done, 1)
         fraction = float(self.progress.get("fraction") or 0.0)
-        elapsed = max(0.0, time.time() - float(self.progress.get("attempt_started_at") or 0))
+        elapsed = max(0.0, now - float(self.progress.get("attempt_started_at") or 0))
         if fraction <= 0.01 or elapsed <= 0:
             return None
         return round(elapsed * (1 - fraction) / fraction, 1)
+
+
+_PACED_STAGES = frozenset({"verify", "train"})
+# Progress keys the worker stores for the ETA; callers get the ETA instead (serve.routes.jobs).
+INTERNAL_PROGRESS_KEYS = frozenset({"attempt_started_at", "stage_started_at"})
 
 
 def _record(row: sa.Row[Any]) -> JobRecord:
@@ -402,6 +416,11 @@ def _run_file_for_callers(file: Path, job_id: str, params: dict[str, Any]) -> st
     return json.dumps(report, indent=2) + "\n"
 
 
+# Part of the archive's name, raised whenever what an export holds changes, so that archives
+# built before (kept beside the job) are built again. 2: run files without server paths
+# whatever the data folder's spelling.
+_EXPORT_LAYOUT = 2
+
 _FORMAT_MEMBERS: dict[str, tuple[str, ...]] = {
     "yolo": ("data.yaml", "images", "labels", "report.json", "review.json", "labels.jsonl"),
     "coco": ("annotations", "images", "report.json", "review.json", "labels.jsonl"),
@@ -419,7 +438,7 @@ def export_archive(
         raise InputError(f"job {job_id} is a {job.kind} job; only labeling jobs export datasets")
     if job.status != JobStatus.SUCCEEDED:
         raise ConflictError(f"job {job_id} is {job.status}; its dataset exists once it succeeded")
-    archive = job_dir(data_dir, job_id) / "exports" / f"{job_id}-{format}.zip"
+    archive = job_dir(data_dir, job_id) / "exports" / f"{job_id}-{format}-{_EXPORT_LAYOUT}.zip"
     if archive.exists():
         return archive
     source = dataset_dir(data_dir, job_id)

@@ -141,7 +141,16 @@ class JobContext:
 
 
 # Share of a labeling job's work per stage, for the ETA (propose and verify dominate).
-_STAGE_WEIGHTS = {"scan": 0.02, "propose": 0.45, "verify": 0.45, "route": 0.03, "export": 0.05}
+# Shares of a job's fraction done: a labeling job's stages, then a training job's ("export" is in
+# both: the dataset, or the ONNX file).
+_STAGE_WEIGHTS = {
+    "scan": 0.02,
+    "propose": 0.45,
+    "verify": 0.45,
+    "route": 0.03,
+    "export": 0.05,
+    "train": 0.9,
+}
 
 
 class JobProgress:
@@ -164,21 +173,30 @@ class JobProgress:
             "fraction": 0.0,
             "attempt": job.attempt,
             "attempt_started_at": time.time(),
+            "stage_started_at": time.time(),
             "stages": {},
         }
         self._completed_weight = 0.0
 
+    def begin(self) -> None:
+        """Store the fresh state at once: callers see this attempt ("starting") while models
+        load, not what an earlier attempt got to."""
+        self._store(force=True)
+
     def start(self, stage: str, total: int) -> None:
         previous = self.state["stage"]
         self._completed_weight += _STAGE_WEIGHTS.get(previous, 0.0)
-        self.state.update(stage=stage, done=0, total=total)
+        self.state.update(stage=stage, done=0, total=total, stage_started_at=time.time())
         self.state["stages"][stage] = {"done": 0, "total": total}
         self._store(force=True)
 
-    def advance(self, stage: str, amount: int = 1, *, checkpoint: bool = False) -> None:
-        """Count ``amount`` more done in ``stage``. With ``checkpoint``, store it now and stop the
-        job here if a cancel came in meanwhile (before a step that cannot be taken back, such as
-        registering a model)."""
+    def advance(
+        self, stage: str, amount: int = 1, *, checkpoint: bool = False, **values: Any
+    ) -> None:
+        """Count ``amount`` more done in ``stage`` (and set ``values``, such as the last
+        metrics). With ``checkpoint``, store it now and stop the job here if a cancel came in
+        meanwhile (before a step that cannot be taken back, such as registering a model)."""
+        self.state.update(values)
         self.state["done"] += amount
         self.state["stages"].setdefault(stage, {"done": 0, "total": 0})["done"] += amount
         self._store(force=checkpoint)
@@ -194,12 +212,9 @@ class JobProgress:
         total = self.state["total"]
         stage_fraction = self.state["done"] / total if total else 0.0
         weight = _STAGE_WEIGHTS.get(self.state["stage"], 0.0)
-        if "fraction_override" in self.state:
-            self.state["fraction"] = self.state["fraction_override"]
-        else:
-            self.state["fraction"] = round(
-                min(1.0, self._completed_weight + weight * stage_fraction), 4
-            )
+        self.state["fraction"] = round(
+            min(1.0, self._completed_weight + weight * stage_fraction), 4
+        )
         now = time.monotonic()
         if force or now - self._last_write >= self._every_s:
             self._last_write = now
@@ -358,9 +373,7 @@ def run_train_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection
     ctx.progress.start("train", params.epochs)
 
     def on_epoch(epoch: int, epochs: int, metrics: dict[str, float]) -> None:
-        ctx.progress.update(
-            done=epoch, total=epochs, last_metrics=metrics, fraction_override=0.9 * epoch / epochs
-        )
+        ctx.progress.advance("train", last_metrics=metrics)
 
     def export_onnx(result: TrainResult) -> dict[str, Path]:
         ctx.progress.start("export", 1)  # a cancel is noticed here, before anything is registered
@@ -472,6 +485,7 @@ class Worker:
         started = time.perf_counter()
         log.info("job started")
         try:
+            progress.begin()
             result, write_results = JOB_FUNCTIONS[job.kind](ctx)
             progress.state.update(stage="done", fraction=1.0)
             self._finish(

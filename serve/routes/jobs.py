@@ -49,7 +49,11 @@ def job_public(job: job_service.JobRecord) -> JobPublic:
         params=job.params,
         attempts=job.attempts,
         cancel_requested=job.cancel_requested,
-        progress=job.progress,
+        progress=(
+            {k: v for k, v in job.progress.items() if k not in job_service.INTERNAL_PROGRESS_KEYS}
+            if job.progress is not None
+            else None
+        ),
         eta_s=job.eta_s,
         result=job.result,
         error=job.error,

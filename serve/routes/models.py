@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 import time
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
@@ -50,13 +52,22 @@ def _model_public(version: ModelVersion) -> ModelPublic:
     )
 
 
-def _promotion_public(decision: PromotionDecision) -> PromotionPublic:
+# The gate names the data.yaml it scored on, a file in a labeling job's folder on the server.
+_JOB_DATASET = re.compile(r"\S*?\bjobs[/\\](job_[0-9a-f]+)[/\\]dataset[/\\]data\.yaml")
+
+
+def _promotion_public(decision: PromotionDecision, data_dir: Path) -> PromotionPublic:
+    reason = decision.reason
+    for folder in sorted(
+        {str(data_dir), str(data_dir.absolute()), str(data_dir.resolve())}, key=len, reverse=True
+    ):
+        reason = reason.replace(f"{folder}{os.sep}", "")  # a folder name may hold spaces
     return PromotionPublic(
         candidate=decision.version,
         production_before=decision.previous_production,
         promoted=decision.promoted,
         forced=decision.forced,
-        reason=decision.reason,
+        reason=_JOB_DATASET.sub(r"the dataset of labeling job \1", reason),
         created_at=decision.created_at,
     )
 
@@ -81,7 +92,11 @@ def get_model(settings: ServiceSettings, project_id: ProjectId, version: str) ->
 
 
 class PromoteRequest(BaseModel):
-    force: bool = False
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = Field(
+        default=False, description="Promote even when the gate refuses (recorded as forced)."
+    )
 
 
 @router.post(
@@ -90,11 +105,13 @@ class PromoteRequest(BaseModel):
     responses=_ERRORS,
 )
 def promote_model(
-    request: PromoteRequest,
     settings: ServiceSettings,
     project_id: ProjectId,
     version: str,
+    request: Annotated[PromoteRequest | None, Body()] = None,
 ) -> PromotionPublic:
+    """No body (or ``{}``) is the gated promotion; ``{"force": true}`` overrides the gate."""
+    force = request is not None and request.force
     from distill.registry import evaluation_metrics
 
     with _registry(settings.data_dir, project_id) as registry:
@@ -103,10 +120,10 @@ def promote_model(
             version,
             evaluate=partial(evaluation_metrics, device=settings.service_device),
             tolerance=settings.promote_tolerance,
-            force=request.force,
+            force=force,
         )
     PREDICTORS.forget(project_id)
-    return _promotion_public(decision)
+    return _promotion_public(decision, settings.data_dir)
 
 
 @router.get(

@@ -46,6 +46,8 @@ def test_label_job_end_to_end(service: Service) -> None:
     done = service.client.get(service.url(f"/jobs/{job['id']}"), headers=service.headers).json()
     assert done["status"] == "succeeded", done
     assert done["progress"]["fraction"] == 1.0
+    assert done["progress"]["stages"]["verify"] == {"done": 12, "total": 12}
+    assert not {"attempt_started_at", "stage_started_at"} & done["progress"].keys()
     labels = done["result"]["labels"]
     assert sum(labels.values()) == 4 * 3  # max_det 3 proposals per image, every one routed
     assert labels["accepted"] > 0 and labels["rejected"] > 0
@@ -315,3 +317,52 @@ def test_exported_run_files_hold_paths_inside_the_job_however_the_data_folder_wa
     rewritten = _run_file_for_callers(lines, job_id, {}).splitlines()
     assert json.loads(rewritten[0])["path"] == "images/000001-img_ab.png"
     assert json.loads(rewritten[1])["path"] == other_job  # not this job's: left alone
+
+
+def test_an_export_built_by_an_older_version_is_built_again(service: Service) -> None:
+    from serve.jobs import job_dir
+
+    upload(service, ("a.png", png_bytes(1)))
+    job_id = submit(service).json()["id"]
+    service.run_jobs()
+    exports = job_dir(service.settings.data_dir, job_id) / "exports"
+    exports.mkdir(parents=True, exist_ok=True)
+    # What an older version kept (its run files held server paths).
+    (exports / f"{job_id}-yolo.zip").write_bytes(zip_of_one("labels.jsonl", b'{"path": "/srv"}'))
+    export = service.client.get(
+        service.url(f"/jobs/{job_id}/export"), headers=service.headers, params={"format": "yolo"}
+    )
+    assert export.status_code == 200
+    files = _zip_files(export.content)
+    assert "data.yaml" in files and "/srv" not in files["labels.jsonl"].decode()
+
+
+def zip_of_one(name: str, data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_the_eta_follows_the_slow_stages_own_pace() -> None:
+    import time
+
+    from serve.jobs import JobRecord
+
+    now = time.time()
+
+    def eta(**progress: object) -> float | None:
+        job = JobRecord(
+            id="job_1", project_id="prj_1", kind="label", status="running", params={},
+            attempts=1, cancel_requested=False, progress=progress, result=None, error=None,
+            created_at=now - 100, started_at=now - 100, finished_at=None, updated_at=now,
+        )  # fmt: skip
+        return job.eta_s
+
+    # 10 of 40 answers in 20 s: 30 more take 60 s, whatever the weights say of the job.
+    paced = eta(stage="verify", done=10, total=40, fraction=0.5, stage_started_at=now - 20)
+    assert paced is not None and 59 <= paced <= 61
+    # Before it, the share of the job done since this attempt started.
+    guessed = eta(stage="propose", done=5, total=10, fraction=0.25, attempt_started_at=now - 30)
+    assert guessed is not None and 89 <= guessed <= 91
+    assert eta(stage="starting", done=0, total=0, fraction=0.0, attempt_started_at=now) is None

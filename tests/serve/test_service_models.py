@@ -68,6 +68,7 @@ def test_train_register_promote_download_predict(service: Service) -> None:
     assert job["status"] == "succeeded", job
     version = job["result"]["model_version"]
     assert {"map50", "map50_95", "label_hash"} <= job["result"]["metrics"].keys()
+    assert job["progress"]["stages"]["train"] == {"done": 1, "total": 1}
 
     models = service.client.get(service.url("/models"), headers=service.headers).json()
     assert [m["version"] for m in models] == [version]
@@ -371,3 +372,42 @@ def test_a_worker_stopping_mid_training_gives_the_job_back_within_a_batch(
     assert (job["status"], job["attempts"]) == ("succeeded", 1), job
     models = service.client.get(service.url("/models"), headers=service.headers).json()
     assert [m["version"] for m in models] == [job["result"]["model_version"]]
+
+
+def test_promote_takes_no_body_or_a_known_one(service: Service, students: Students) -> None:
+    version = service.promote_onnx(students.static)
+    url = service.url(f"/models/{version}/promote")
+    misspelt = service.client.post(url, headers=service.headers, json={"forse": True})
+    assert misspelt.status_code == 422 and "forse" in misspelt.text
+    bare = service.client.post(url, headers=service.headers)  # the gated promotion
+    assert bare.status_code == 200, bare.text
+    assert bare.json()["candidate"] == version and bare.json()["forced"] is False
+
+
+@pytest.mark.parametrize("data_dir", ["promptlabel-data", "/srv/pl data", "."])
+def test_promotion_reasons_name_the_labeling_job_not_the_servers_files(data_dir: str) -> None:
+    from distill.registry import EvalSet, PromotionDecision
+    from serve.routes.models import _promotion_public
+
+    data_yaml = (
+        Path(data_dir).absolute() / "jobs" / "job_0f89618f95f248fb" / "dataset" / "data.yaml"
+    )
+    decision = PromotionDecision(
+        id=1,
+        version="v2",
+        previous_production="v1",
+        promoted=True,
+        forced=False,
+        reason=f"mAP50-95 0.5 vs production v1 0.4 on {data_yaml} (val): within tolerance 0.01",
+        candidate_map50_95=0.5,
+        production_map50_95=0.4,
+        tolerance=0.01,
+        eval_set=EvalSet(str(data_yaml), "val", None),
+        production_reevaluated=True,
+        created_at="2026-12-01T22:00:00+00:00",
+    )
+    reason = _promotion_public(decision, Path(data_dir)).reason
+    assert reason == (
+        "mAP50-95 0.5 vs production v1 0.4 on the dataset of labeling job job_0f89618f95f248fb "
+        "(val): within tolerance 0.01"
+    )
