@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -32,7 +33,7 @@ class Settings(BaseSettings):
     request_timeout_s: float = 60.0
     max_retries: int = 5
     workspace: Path | None = None  # where `models` and `export` find the registry
-    promote_tolerance: float = 0.005
+    promote_tolerance: float = Field(default=0.005, ge=0)  # mAP50-95 a candidate may lose
     cache_dir: Path = Path.home() / ".cache" / "promptlabel"
     demo_verifier: str = "transformers:HuggingFaceTB/SmolVLM-256M-Instruct"
 

@@ -123,8 +123,9 @@ def create_api_key(db: Database, *, project_id: str, name: str = "") -> CreatedK
     return CreatedKey(key_id=key_id, project_id=project_id, token=f"{KEY_PREFIX}{key_id}.{secret}")
 
 
-def revoke_api_key(db: Database, key_id: str) -> None:
-    """Revoke a key at once (the next request with it is refused); InputError if unknown."""
+def revoke_api_key(db: Database, key_id: str) -> str:
+    """Revoke a key at once (the next request with it is refused); its id. ``key_id`` may be
+    the whole key. InputError if unknown."""
     key_id = key_id.removeprefix(KEY_PREFIX).split(".", 1)[0]
     with db.write() as connection:
         updated = connection.execute(
@@ -134,6 +135,7 @@ def revoke_api_key(db: Database, key_id: str) -> None:
         )
     if updated.rowcount == 0:
         raise InputError(f"no active API key {key_id!r} (see `promptlabel keys list`)")
+    return key_id
 
 
 def list_api_keys(db: Database) -> list[ApiKey]:

@@ -11,9 +11,19 @@ import typer
 from rich.table import Table
 
 from labeler.exceptions import PromptlabelError
-from labeler.settings import get_settings
-from serve import cli_distill, cli_service
-from serve.cli_common import RichProgressSink, console, fail, make_progress, setup_logging
+from serve.cli_common import (
+    RichProgressSink,
+    console,
+    fail,
+    make_progress,
+    settings_or_exit,
+    setup_logging,
+)
+
+# Before the commands' modules: their option defaults read the settings.
+settings = settings_or_exit()
+
+from serve import cli_distill, cli_service  # noqa: E402
 
 app = typer.Typer(
     name="promptlabel",
@@ -22,7 +32,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-settings = get_settings()
 
 
 def print_report(report: dict[str, Any]) -> None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import (
@@ -18,7 +21,16 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-__all__ = ["RichProgressSink", "console", "fail", "make_progress", "setup_logging"]
+from labeler.settings import Settings, get_settings
+
+__all__ = [
+    "RichProgressSink",
+    "console",
+    "fail",
+    "make_progress",
+    "settings_or_exit",
+    "setup_logging",
+]
 
 console = Console(stderr=True)
 
@@ -67,6 +79,22 @@ def setup_logging(verbose: bool) -> None:
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
         force=True,
     )
+
+
+def settings_or_exit() -> Settings:
+    """The process's settings, or one line naming what is wrong in the environment and exit 2
+    (not a traceback of pydantic's)."""
+    try:
+        return get_settings()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"PROMPTLABEL_{'_'.join(map(str, problem['loc'])).upper()}: {problem['msg']}"
+            for problem in error.errors()[:3]
+        )
+    except SettingsError as error:  # a value that is not valid JSON for a list or dict field
+        problems = f"{error}; check the PROMPTLABEL_* variable's JSON"
+    console.print(f"[bold red]error:[/] {problems}", highlight=False, soft_wrap=True)
+    sys.exit(2)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -13,13 +14,21 @@ import typer
 from rich.table import Table
 
 from labeler.exceptions import PromptlabelError
-from labeler.settings import Settings, get_settings
-from serve.cli_common import console, fail
+from labeler.settings import Settings
+from serve.cli_common import console, fail, settings_or_exit
 
 __all__ = ["keys_app", "projects_app", "serve_command", "worker_command"]
 
 projects_app = typer.Typer(help="Create and list projects.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+
+
+class LogFormat(StrEnum):
+    json = "json"
+    text = "text"
+
+
+LogFormatOption = Annotated[LogFormat, typer.Option(help="One JSON object per line, or text.")]
 
 DataDirOption = Annotated[
     Path | None,
@@ -30,7 +39,7 @@ DataDirOption = Annotated[
 
 
 def _settings(data_dir: Path | None) -> Settings:
-    settings = get_settings()
+    settings = settings_or_exit()
     return settings.model_copy(update={"data_dir": data_dir}) if data_dir else settings
 
 
@@ -52,10 +61,13 @@ def serve_command(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[
-        int, typer.Option(help="Job workers inside this process (0: only `promptlabel worker`s).")
+        int,
+        typer.Option(
+            min=0, help="Job workers inside this process (0: only `promptlabel worker`s)."
+        ),
     ] = 1,
     data_dir: DataDirOption = None,
-    log_format: Annotated[str, typer.Option(help="json or text.")] = "json",
+    log_format: LogFormatOption = LogFormat.json,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run the HTTP API (docs at /docs) with in-process workers."""
@@ -65,7 +77,7 @@ def serve_command(
     from serve.telemetry import configure_logging
 
     configure_logging(
-        level=logging.DEBUG if verbose else logging.INFO, json_format=log_format == "json"
+        level=logging.DEBUG if verbose else logging.INFO, json_format=log_format == LogFormat.json
     )
     settings = _settings(data_dir)
     try:
@@ -90,12 +102,12 @@ def serve_command(
 
 
 def worker_command(
-    threads: Annotated[int, typer.Option(help="Jobs to run at once in this process.")] = 1,
+    threads: Annotated[int, typer.Option(min=1, help="Jobs to run at once in this process.")] = 1,
     data_dir: DataDirOption = None,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on this port.")
     ] = None,
-    log_format: Annotated[str, typer.Option(help="json or text.")] = "json",
+    log_format: LogFormatOption = LogFormat.json,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run jobs from the queue until SIGTERM or Ctrl-C (the running job is given back)."""
@@ -103,13 +115,20 @@ def worker_command(
     from serve.worker import ModelCache, Worker
 
     configure_logging(
-        level=logging.DEBUG if verbose else logging.INFO, json_format=log_format == "json"
+        level=logging.DEBUG if verbose else logging.INFO, json_format=log_format == LogFormat.json
     )
     settings = _settings(data_dir)
     try:
         db = _database(settings)
     except PromptlabelError as error:
         raise fail(str(error)) from None
+    # A worker pointed at the wrong folder would wait on an empty queue: say which it uses.
+    logging.getLogger(__name__).info(
+        "worker: %d job thread(s), database %r, data folder %s",
+        threads,
+        db,
+        settings.data_dir.resolve(),
+    )
     if metrics_port is not None:
         from prometheus_client import start_http_server
 
@@ -215,7 +234,7 @@ def keys_revoke(
     from serve.auth import revoke_api_key
 
     try:
-        revoke_api_key(_database(_settings(data_dir)), key_id)
+        revoked = revoke_api_key(_database(_settings(data_dir)), key_id)
     except PromptlabelError as error:
         raise fail(str(error)) from None
-    console.print(f"revoked {key_id}", highlight=False)
+    console.print(f"revoked {revoked}", highlight=False)  # the id, never the secret

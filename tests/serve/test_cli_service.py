@@ -58,10 +58,28 @@ def test_projects_and_keys_commands(tmp_path: Path) -> None:
 
     missing = run_cli("keys", "create", "--project", "nope", "--data-dir", data)
     assert missing.returncode == 2 and "no project named 'nope'" in missing.stderr
-    revoked = run_cli("keys", "revoke", key_id, "--data-dir", data)
+    revoked = run_cli("keys", "revoke", token, "--data-dir", data)  # the whole key, pasted
     assert revoked.returncode == 0, revoked.stderr
+    assert f"revoked {key_id}" in revoked.stderr and token.split(".")[1] not in revoked.stderr
     twice = run_cli("keys", "revoke", key_id, "--data-dir", data)
     assert twice.returncode == 2 and "no active API key" in twice.stderr
+
+
+def test_bad_settings_and_options_are_one_line_before_anything_runs(tmp_path: Path) -> None:
+    data = ["--data-dir", str(tmp_path / "data")]
+    for variable, value, named in (
+        ("PROMPTLABEL_SERVICE_DETECTORS", "{not json", "service_detectors"),
+        ("PROMPTLABEL_PROMOTE_TOLERANCE", "-1", "PROMPTLABEL_PROMOTE_TOLERANCE"),
+    ):
+        result = run_cli("keys", "list", *data, env={variable: value})
+        assert result.returncode == 2, result.stderr
+        assert named in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) <= 2, result.stderr
+    for args in (["serve", "--log-format", "xml"], ["serve", "--workers", "-1"]):
+        result = run_cli(*args, *data)
+        assert result.returncode == 2 and "Invalid value" in result.stderr, result.stderr
+    result = run_cli("worker", "--threads", "0", *data)
+    assert result.returncode == 2 and "Invalid value" in result.stderr, result.stderr
 
 
 @pytest.mark.slow
