@@ -203,6 +203,11 @@ def submit_label_job(
     """Queue a labeling job; returns the job and whether it was created (False: a replay)."""
     _choose(request.detector, settings.service_detectors, "detector")
     _choose(request.verifier, settings.service_verifiers, "verifier")
+    if request.reject_threshold > request.accept_threshold:
+        raise InputError(
+            f"reject_threshold ({request.reject_threshold}) must not be above "
+            f"accept_threshold ({request.accept_threshold})"
+        )
     RouteThresholds(
         accept=request.accept_threshold,
         reject=request.reject_threshold,
@@ -231,7 +236,11 @@ def submit_label_job(
     if not ontology.get("classes"):
         raise InputError("the project has no ontology yet: PUT one before labeling")
     if not image_ids:
-        raise InputError("image_ids: no images to label; upload some first")
+        raise InputError(
+            "image_ids: an empty list; leave it out to label every image of the project"
+            if request.image_ids is not None
+            else "the project has no images to label; upload some first"
+        )
     if request.image_ids is not None:
         get_images(db, project_id=project_id, image_ids=image_ids)
     # The ontology as it is now: a later PUT /ontology must not change a queued job, nor a job
@@ -330,6 +339,7 @@ def cancel_job(db: Database, *, project_id: str, job_id: str) -> JobRecord:
                 .values(
                     status=JobStatus.CANCELLED.value,
                     cancel_requested=True,
+                    error="cancelled on request",  # as a running job's cancel says
                     finished_at=now,
                     updated_at=now,
                 )

@@ -18,7 +18,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
-from labeler.exceptions import ConflictError, InputError, ModelLoadError, NotFoundError
+from labeler.exceptions import (
+    ConflictError,
+    ImageError,
+    InputError,
+    ModelLoadError,
+    NotFoundError,
+)
 from serve.deps import Db, ProjectId, ServiceSettings
 from serve.ingest import ACCEPTED_FORMATS, DECODE_SLOTS
 from serve.runtime import OnnxDetector, load_runtime, read_image_bytes
@@ -291,9 +297,16 @@ async def predict(
         version, detector = PREDICTORS.get(settings.data_dir, project_id)
         started = time.perf_counter()
         with DECODE_SLOTS:  # as for uploads: a 10 KB PNG may hold 81 M pixels
-            image = read_image_bytes(
-                data, name=name, max_pixels=settings.max_image_pixels, formats=ACCEPTED_FORMATS
-            )
+            try:
+                image = read_image_bytes(
+                    data, name=name, max_pixels=settings.max_image_pixels, formats=ACCEPTED_FORMATS
+                )
+            except ImageError as error:
+                if error.reason not in ("not_an_image", "zero_bytes"):
+                    raise
+                raise ImageError(
+                    name, error.reason, f"send one image in one of: {', '.join(ACCEPTED_FORMATS)}"
+                ) from None
         detections = detector.predict([image])[0]
         runtime_ms = (time.perf_counter() - started) * 1e3
         keep = detections.confidence >= conf

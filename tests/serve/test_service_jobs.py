@@ -154,13 +154,19 @@ def test_idempotency_key_returns_the_same_job(service: Service) -> None:
 
 
 def test_submit_checks_its_input(service: Service) -> None:
-    assert "no images" in submit(service).json()["detail"]
+    assert submit(service).json()["detail"] == (
+        "the project has no images to label; upload some first"
+    )
     upload(service, ("a.png", png_bytes(1)))
     cases = {
         "detector": ({"detector": "../../etc"}, "not offered"),
         "verifier": ({"verifier": "openai:gpt-4o"}, "not offered"),
-        "thresholds": ({"accept_threshold": 0.2, "reject_threshold": 0.5}, "reject-threshold"),
+        "thresholds": (
+            {"accept_threshold": 0.2, "reject_threshold": 0.5},
+            "reject_threshold (0.5) must not be above accept_threshold (0.2)",
+        ),
         "images": ({"image_ids": ["img_nope"]}, "no such images"),
+        "no images": ({"image_ids": []}, "leave it out to label every image of the project"),
     }
     for body, message in cases.values():
         response = submit(service, body)
@@ -175,7 +181,7 @@ def test_cancel_queued_and_running_jobs(service: Service) -> None:
     cancelled = service.client.post(
         service.url(f"/jobs/{job['id']}/cancel"), headers=service.headers
     ).json()
-    assert cancelled["status"] == "cancelled"
+    assert cancelled["status"] == "cancelled" and cancelled["error"] == "cancelled on request"
     assert service.run_jobs() == 0
 
     done = submit(service, key="second").json()

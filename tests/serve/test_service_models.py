@@ -220,7 +220,9 @@ def test_predict_decodes_only_the_upload_formats_one_per_cpu_at_most(
             content=buffer.getvalue(),
         )
         assert response.status_code == 422, (kind, response.text)
-        assert "not_an_image" in response.json()["detail"], kind
+        assert response.json()["detail"] == (
+            "body: not_an_image (send one image in one of: JPEG, PNG, WEBP, BMP, TIFF)"
+        ), kind
 
     # Each decode holds one of the decode slots uploads use, so that a 10 KB PNG of 81 M pixels
     # per request cannot run 40 at once.
