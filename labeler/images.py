@@ -116,10 +116,14 @@ def open_image_bytes(
 
 def check_image_size(image: Image.Image, *, name: str, max_pixels: int) -> None:
     """ImageError ``too_many_pixels`` for an image over ``max_pixels`` or ``MAX_SIDE``, from its
-    header, before any pixel is decoded."""
+    header, before any pixel is decoded. This check, not Pillow's, is what holds: Ultralytics
+    switches Pillow's off for the whole process (``Image.MAX_IMAGE_PIXELS = None``) once it
+    has processed images."""
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageError(name, "too_many_pixels", f"{width}x{height} > {max_pixels} pixels")
+        raise ImageError(
+            name, "too_many_pixels", f"{width}x{height} = {width * height} pixels > {max_pixels}"
+        )
     if max(width, height) > MAX_SIDE:
         raise ImageError(name, "too_many_pixels", f"{width}x{height}: a side over {MAX_SIDE}")
 
@@ -161,7 +165,7 @@ def decode_image_bytes(
         # Refused inside open(), before the size is ours to read; Pillow's words carry it.
         found = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{found.group(1)} pixels" if found else "more pixels"
-        raise ImageError(name, "too_many_pixels", f"{size} > {max_pixels} pixels") from None
+        raise ImageError(name, "too_many_pixels", f"{size} > {max_pixels}") from None
     except OSError as exc:
         reason = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise ImageError(name, reason, str(exc)) from None
