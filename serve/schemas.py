@@ -22,6 +22,7 @@ __all__ = [
     "ProjectPublic",
     "PromotionPublic",
     "RejectedUpload",
+    "ServiceOptions",
     "TrainJobCreate",
     "UrlFetchCreate",
     "as_datetime",
@@ -184,6 +185,15 @@ class ModelPublic(BaseModel):
     metrics: dict[str, Any]
     artifacts: list[str]
     parent: str | None
+
+
+class ServiceOptions(BaseModel):
+    detectors: list[str] = Field(description="Names for a labeling job's `detector`.")
+    verifiers: list[str] = Field(description="Names for a labeling job's `verifier`.")
+    train_bases: list[str] = Field(description="Names for a training job's `base`.")
+    limits: dict[str, int] = Field(
+        description="Bytes and counts the server accepts per image, request, archive and fetch."
+    )
 
 
 class PredictResult(BaseModel):

@@ -7,7 +7,8 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serve.db import jobs
-from serve.deps import CurrentPrincipal, Db
+from serve.deps import CurrentPrincipal, Db, ServiceSettings
+from serve.schemas import ServiceOptions
 from serve.telemetry import JOBS_IN_QUEUE
 
 router = APIRouter(tags=["service"])
@@ -18,6 +19,27 @@ def healthz(db: Db) -> dict[str, str]:
     with db.read() as connection:
         connection.execute(sa.text("SELECT 1"))
     return {"status": "ok", "database": db.dialect}
+
+
+@router.get(
+    "/v1/options",
+    summary="What this server offers: detector, verifier and training-base names, and limits",
+)
+def options(settings: ServiceSettings, _: CurrentPrincipal) -> ServiceOptions:
+    # Names only: what each stands for (a model path, a URL) is the operator's.
+    return ServiceOptions(
+        detectors=sorted(settings.service_detectors),
+        verifiers=sorted(settings.service_verifiers),
+        train_bases=sorted(settings.service_train_bases),
+        limits={
+            "max_image_bytes": settings.max_image_bytes,
+            "max_image_pixels": settings.max_image_pixels,
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_zip_members": settings.max_zip_members,
+            "max_zip_total_bytes": settings.max_zip_total_bytes,
+            "max_urls_per_request": settings.max_urls_per_request,
+        },
+    )
 
 
 @router.get(

@@ -128,3 +128,14 @@ def test_another_projects_key_gets_404_for_everything(service: Service) -> None:
     # And the job is untouched.
     still = service.client.get(service.url(f"/jobs/{job['id']}"), headers=service.headers).json()
     assert still["status"] == "queued" and not still["cancel_requested"]
+
+
+def test_options_name_what_the_server_offers_and_never_where_it_is(service: Service) -> None:
+    options = service.client.get("/v1/options", headers=service.headers)
+    assert options.status_code == 200
+    body = options.json()
+    assert body["detectors"] == ["default"]
+    assert body["verifiers"] == ["fake", "none"]
+    assert body["limits"]["max_image_bytes"] == service.settings.max_image_bytes
+    assert service.settings.service_detectors["default"] not in options.text
+    assert service.settings.service_verifier_url not in options.text
