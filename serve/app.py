@@ -29,6 +29,7 @@ from labeler.exceptions import (
 from labeler.settings import Settings
 from serve.db import Database
 from serve.routes import health, images, jobs, models, projects
+from serve.schemas import error_responses
 from serve.telemetry import HTTP_REQUESTS, HTTP_SECONDS, job_log_context
 from serve.worker import ModelCache, Worker
 
@@ -236,8 +237,9 @@ def create_app(settings: Settings, *, db: Database | None = None, workers: int =
     )
     app.state.db = database
     app.state.settings = settings
-    for router in (health, projects, images, jobs, models):
-        app.include_router(router.router)
+    app.include_router(health.router)
+    for router in (projects, images, jobs, models):  # every route of these needs a key
+        app.include_router(router.router, responses=error_responses(401))
     app.add_exception_handler(PromptlabelError, _error_response)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(sa.exc.DataError, _value_refused)

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serve.db import jobs
 from serve.deps import CurrentPrincipal, Db, ServiceSettings
-from serve.schemas import ServiceOptions
+from serve.schemas import ServiceOptions, error_responses
 from serve.telemetry import JOBS_IN_QUEUE
 
 router = APIRouter(tags=["service"])
@@ -24,6 +24,7 @@ def healthz(db: Db) -> dict[str, str]:
 @router.get(
     "/v1/options",
     summary="What this server offers: detector, verifier and training-base names, and limits",
+    responses=error_responses(401),
 )
 def options(settings: ServiceSettings, _: CurrentPrincipal) -> ServiceOptions:
     # Names only: what each stands for (a model path, a URL) is the operator's.
@@ -46,7 +47,7 @@ def options(settings: ServiceSettings, _: CurrentPrincipal) -> ServiceOptions:
     "/metrics",
     summary="Prometheus metrics (any valid API key)",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}}},
+    responses={200: {"content": {"text/plain": {}}}, **error_responses(401)},
 )
 def metrics(db: Db, _: CurrentPrincipal) -> Response:
     with db.read() as connection:

@@ -22,10 +22,11 @@ def test_every_route_but_health_needs_a_key(service: Service) -> None:
         concrete = path.format(
             project_id=service.project_id, job_id="j", image_id="i", version="v1"
         )
-        for method in operations:
+        for method, operation in operations.items():
             response = service.client.request(method.upper(), concrete)
             assert response.status_code == 401, (method, path, response.status_code)
             assert response.headers["www-authenticate"] == "Bearer"
+            assert "401" in operation["responses"], (method, path)  # and the spec says so
             checked += 1
     assert checked >= 18
     assert service.client.get("/healthz").status_code == 200
