@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import re
@@ -28,6 +29,7 @@ from labeler.exceptions import (
 )
 from labeler.settings import Settings
 from serve.db import Database
+from serve.ingest import DECODE_SLOT_COUNT
 from serve.routes import health, images, jobs, models, projects
 from serve.schemas import error_responses
 from serve.telemetry import HTTP_REQUESTS, HTTP_SECONDS, job_log_context
@@ -237,6 +239,9 @@ def create_app(settings: Settings, *, db: Database | None = None, workers: int =
     )
     app.state.db = database
     app.state.settings = settings
+    # At most one prediction per CPU at a time, waited for on the event loop: a flood of them
+    # queues there, not in the worker threads that every other route needs too.
+    app.state.predict_slots = asyncio.Semaphore(DECODE_SLOT_COUNT)
     app.include_router(health.router)
     for router in (projects, images, jobs, models):  # every route of these needs a key
         app.include_router(router.router, responses=error_responses(401))

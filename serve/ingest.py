@@ -38,6 +38,7 @@ from labeler.images import decode_image_bytes
 __all__ = [
     "ACCEPTED_FORMATS",
     "DECODE_SLOTS",
+    "DECODE_SLOT_COUNT",
     "ImageInfo",
     "RejectedMember",
     "UploadBudget",
@@ -121,7 +122,8 @@ def _cpu_count() -> int:
 # Image decodes that may run at once in this process: uploads run in a thread pool of 40, and
 # each decode can hold ~0.5 GiB (an image at the pixel limit); more than one per CPU only
 # multiplies the memory.
-DECODE_SLOTS = threading.BoundedSemaphore(max(1, _cpu_count()))
+DECODE_SLOT_COUNT = max(1, _cpu_count())
+DECODE_SLOTS = threading.BoundedSemaphore(DECODE_SLOT_COUNT)
 
 
 @dataclass(frozen=True)

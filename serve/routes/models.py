@@ -335,4 +335,5 @@ async def predict(
             headers={"Server-Timing": f"runtime;dur={runtime_ms:.2f}"},
         )
 
-    return await run_in_threadpool(run)
+    async with request.app.state.predict_slots:  # see create_app
+        return await run_in_threadpool(run)

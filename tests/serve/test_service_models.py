@@ -246,6 +246,44 @@ def test_predict_decodes_only_the_upload_formats_one_per_cpu_at_most(
     assert slots.acquire(blocking=False)  # and given back
 
 
+def test_predictions_wait_for_a_slot_on_the_event_loop_not_in_a_thread(
+    service: Service, students: Students, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import serve.routes.models
+
+    service.promote_onnx(students.static)
+    service.client.app.state.predict_slots = asyncio.Semaphore(1)  # type: ignore[attr-defined]
+    inside, most_inside, lock = 0, 0, threading.Lock()
+    decode = serve.routes.models.read_image_bytes
+
+    def slow(*args: Any, **kwargs: Any) -> Image.Image:
+        nonlocal inside, most_inside
+        with lock:
+            inside += 1
+            most_inside = max(most_inside, inside)
+        time.sleep(0.2)
+        with lock:
+            inside -= 1
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(serve.routes.models, "read_image_bytes", slow)
+
+    def post(seed: int) -> int:
+        return service.client.post(
+            service.url("/predict"),
+            headers={**service.headers, "Content-Type": "image/png"},
+            content=png_bytes(seed, (64, 48)),
+        ).status_code
+
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(post, range(3))) == [200, 200, 200]
+    assert most_inside == 1
+
+
 def test_a_production_model_that_does_not_load_is_503_without_its_path(
     service: Service, students: Students, tmp_path: Path
 ) -> None:
