@@ -22,7 +22,6 @@ from pydantic import BaseModel
 
 from labeler.detector_options import DetectorOptions
 from labeler.exceptions import ConflictError, InputError, NotFoundError
-from labeler.route import RouteThresholds
 from labeler.settings import Settings
 from serve.auth import new_id
 from serve.db import Database, images, job_images, jobs, projects
@@ -40,8 +39,10 @@ __all__ = [
     "job_dir",
     "job_results",
     "list_jobs",
+    "public_provenance",
     "submit_label_job",
     "submit_train_job",
+    "without_data_dir",
 ]
 
 ExportFormat = Literal["yolo", "coco"]
@@ -208,11 +209,6 @@ def submit_label_job(
             f"reject_threshold ({request.reject_threshold}) must not be above "
             f"accept_threshold ({request.accept_threshold})"
         )
-    RouteThresholds(
-        accept=request.accept_threshold,
-        reject=request.reject_threshold,
-        review_below_score=request.review_below_score,
-    )
     DetectorOptions(
         box_threshold=request.box_threshold,
         text_threshold=request.text_threshold,
@@ -392,6 +388,15 @@ def job_results(
         rows = connection.execute(query).all()
     page = [dict(row._mapping) for row in rows[:limit]]
     return page, offset + limit if len(rows) > limit else None
+
+
+def without_data_dir(text: str, data_dir: Path) -> str:
+    """``text`` with the server's data folder taken out of every path in it, however the folder
+    is spelt (as configured, relative by default; absolute; through a link, resolved)."""
+    spellings = {str(data_dir), str(data_dir.absolute()), str(data_dir.resolve())}
+    for folder in sorted(spellings, key=len, reverse=True):  # "data" is inside "/srv/data"
+        text = text.replace(f"{folder}{os.sep}", "")
+    return text
 
 
 def public_provenance(provenance: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

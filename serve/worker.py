@@ -30,7 +30,7 @@ from labeler.files import copy_atomically
 from labeler.settings import Settings
 from serve.db import Database, images, job_images, projects
 from serve.images_store import blob_path
-from serve.jobs import dataset_dir, job_dir, public_provenance
+from serve.jobs import dataset_dir, job_dir, public_provenance, without_data_dir
 from serve.queue import (
     ClaimedJob,
     JobKind,
@@ -540,7 +540,7 @@ class Worker:
         log), and no message shows where the server keeps its data."""
         if isinstance(error, ModelLoadError):
             return "a model this server is configured with could not be loaded; its log says why"
-        return str(error).replace(f"{self.settings.data_dir.resolve()}{os.sep}", "")
+        return without_data_dir(str(error), self.settings.data_dir)
 
     def _finish(self, job: ClaimedJob, status: JobStatus, **values: Any) -> None:
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -27,6 +26,7 @@ from labeler.exceptions import (
 )
 from serve.deps import Db, ProjectId, ServiceSettings
 from serve.ingest import ACCEPTED_FORMATS, DECODE_SLOTS
+from serve.jobs import without_data_dir
 from serve.runtime import OnnxDetector, load_runtime, read_image_bytes
 from serve.schemas import ModelPublic, PredictResult, PromotionPublic, error_responses
 from serve.worker import registry_dir
@@ -63,11 +63,8 @@ _JOB_DATASET = re.compile(r"\S*?\bjobs[/\\](job_[0-9a-f]+)[/\\]dataset[/\\]data\
 
 
 def _promotion_public(decision: PromotionDecision, data_dir: Path) -> PromotionPublic:
-    reason = decision.reason
-    for folder in sorted(
-        {str(data_dir), str(data_dir.absolute()), str(data_dir.resolve())}, key=len, reverse=True
-    ):
-        reason = reason.replace(f"{folder}{os.sep}", "")  # a folder name may hold spaces
+    # The folder goes first: a folder name may hold spaces, which the pattern does not cross.
+    reason = without_data_dir(decision.reason, data_dir)
     return PromotionPublic(
         candidate=decision.version,
         production_before=decision.previous_production,
