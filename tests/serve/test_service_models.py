@@ -246,7 +246,7 @@ def test_predict_decodes_only_the_upload_formats_one_per_cpu_at_most(
     assert slots.acquire(blocking=False)  # and given back
 
 
-def test_predictions_wait_for_a_slot_on_the_event_loop_not_in_a_thread(
+def test_predictions_run_in_the_apps_own_pool_one_per_thread_with_the_request_log_fields(
     service: Service, students: Students, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import threading
@@ -254,10 +254,14 @@ def test_predictions_wait_for_a_slot_on_the_event_loop_not_in_a_thread(
     from concurrent.futures import ThreadPoolExecutor
 
     import serve.routes.models
+    import serve.telemetry
 
     service.promote_onnx(students.static)
-    service.client.app.state.predict_slots = asyncio.Semaphore(1)  # type: ignore[attr-defined]
+    app = service.client.app
+    one_at_a_time = ThreadPoolExecutor(1, thread_name_prefix="predict-test")
+    monkeypatch.setattr(app.state, "predict_pool", one_at_a_time)  # type: ignore[attr-defined]
     inside, most_inside, lock = 0, 0, threading.Lock()
+    seen: list[tuple[str, str | None]] = []
     decode = serve.routes.models.read_image_bytes
 
     def slow(*args: Any, **kwargs: Any) -> Image.Image:
@@ -265,6 +269,8 @@ def test_predictions_wait_for_a_slot_on_the_event_loop_not_in_a_thread(
         with lock:
             inside += 1
             most_inside = max(most_inside, inside)
+            fields = serve.telemetry._context.get() or {}
+            seen.append((threading.current_thread().name, fields.get("request_id")))
         time.sleep(0.2)
         with lock:
             inside -= 1
@@ -275,13 +281,22 @@ def test_predictions_wait_for_a_slot_on_the_event_loop_not_in_a_thread(
     def post(seed: int) -> int:
         return service.client.post(
             service.url("/predict"),
-            headers={**service.headers, "Content-Type": "image/png"},
+            headers={
+                **service.headers,
+                "Content-Type": "image/png",
+                "X-Request-ID": f"predict-{seed}",
+            },
             content=png_bytes(seed, (64, 48)),
         ).status_code
 
-    with ThreadPoolExecutor(3) as pool:
-        assert list(pool.map(post, range(3))) == [200, 200, 200]
+    try:
+        with ThreadPoolExecutor(3) as clients:
+            assert list(clients.map(post, range(3))) == [200, 200, 200]
+    finally:
+        one_at_a_time.shutdown()
     assert most_inside == 1
+    assert all(thread.startswith("predict-test") for thread, _ in seen)
+    assert sorted(request_id for _, request_id in seen) == ["predict-0", "predict-1", "predict-2"]
 
 
 def test_a_production_model_that_does_not_load_is_503_without_its_path(
