@@ -19,13 +19,17 @@ of that database, dropped afterwards, so the same database can be used again).
    ``load_runtime(onnx, conf=0.1).predict([image])``, boxes over 0.25).
    Both use onnxruntime's default thread count (one per physical core: the route calls
    ``load_runtime`` without ``threads``, and so does this script), and all are interleaved
-   request by request, the order swapped every round, so machine noise hits each. The bodies
-   are encoded once and sent with the standard library's ``http.client`` (httpx costs about
-   1 ms per request of its own): the client's work is not the service's overhead. An
-   authenticated GET of the project is timed alongside: the floor of any request that checks a
-   key. Each predict answer's ``Server-Timing`` header also gives the route's own runtime time
-   (decode + run) and the app's time for the request, so the overhead is measured a second way,
-   within each request, free of the run-to-run noise of the model itself.
+   request by request, the order swapped every round, so machine noise hits each. Each request
+   is built once, as bytes, and sent over a keep-alive socket with ``sendall``; the answer is
+   read by its Content-Length (``LeanHttpClient``): the client's work is not the service's
+   overhead (httpx costs about 1 ms per request of its own, ``http.client`` about 0.3 ms). Two
+   floors are timed alongside: an authenticated GET of the project (any request that checks a
+   key) and the HTTP floor, the same body posted to a no-op ASGI app on the same uvicorn (C
+   parser and event loop) in its own process, which answers as much JSON at once: what HTTP
+   over loopback costs on this machine before the app does anything. Each predict answer's
+   ``Server-Timing`` header also gives the route's own runtime time (decode + run) and the
+   app's time for the request, so the overhead is measured a second way, within each request,
+   free of the run-to-run noise of the model itself.
 3. workers: a loopback OpenAI-compatible VLM (tests/fakes/vlm_server.py) answering after
    ``--vlm-latency`` s, a tiny random Grounding DINO as the detector, and labeling jobs of
    ``--images-per-job`` fresh images each. Every worker process first finishes a warm-up job (its
@@ -44,7 +48,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import http.client
 import io
 import itertools
 import json
@@ -102,6 +105,82 @@ BUILD_SCRIPT = textwrap.dedent(
         export_onnx(weights, out, imgsz=int(sys.argv[3]))
     """
 )
+
+
+# The HTTP floor: a no-op ASGI app on uvicorn as ``promptlabel serve`` runs it (its defaults pick
+# uvloop and httptools). It reads the whole body and answers JSON of a predict answer's size.
+NOOP_SERVER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    import uvicorn
+
+    ANSWER = b'{"model_version": "v1", "image_wh": [1280, 720], "detections": []}'.ljust(160)
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        more_body = True
+        while more_body:
+            message = await receive()
+            more_body = message.get("more_body", False)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(ANSWER)).encode()),
+            (b"server-timing", b"app;dur=0"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": ANSWER})
+
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    """
+)
+
+
+class LeanHttpClient:
+    """HTTP/1.1 on one keep-alive socket, with next to no client work: a request is bytes built
+    once (``build``) and sent with ``sendall``; the answer is read by its Content-Length."""
+
+    def __init__(self, host: str, port: int, timeout_s: float = 120.0) -> None:
+        self.host = host
+        self.sock = socket.create_connection((host, port), timeout=timeout_s)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.pending = b""
+
+    def build(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        lines.append(f"Content-Length: {len(body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+    def send(self, request: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        """Send one built request; its status, headers (lower-case names) and body."""
+        self.sock.sendall(request)
+        data = self.pending
+        while b"\r\n\r\n" not in data:
+            data += self._recv()
+        head, _, data = data.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        headers = [
+            (name.strip().lower(), value.strip())
+            for name, _, value in (line.partition(":") for line in header_lines)
+        ]
+        lengths = [int(value) for name, value in headers if name == "content-length"]
+        if not lengths:
+            raise RuntimeError(f"an answer without Content-Length: {head[:300]!r}")
+        while len(data) < lengths[0]:
+            data += self._recv()
+        self.pending = data[lengths[0] :]
+        return int(status_line.split()[1]), headers, data[: lengths[0]]
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(1 << 16)
+        if not chunk:
+            raise RuntimeError("the server closed the connection")
+        return chunk
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 # -- processes -------------------------------------------------------------------------------------
@@ -193,6 +272,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def connect_when_up(
+    host: str, port: int, process: subprocess.Popen[bytes], log: Path
+) -> LeanHttpClient:
+    """A client of the server that ``process`` starts on ``port``, once it accepts connections."""
+    deadline = time.monotonic() + 30
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited ({process.returncode}):\n{log_tail(log)}")
+        try:
+            return LeanHttpClient(host, port)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the server did not accept connections:\n{log_tail(log)}"
+                ) from None
+            time.sleep(0.1)
 
 
 # -- the database and the service ----------------------------------------------------------------
@@ -553,61 +650,83 @@ def bench_predict(args: argparse.Namespace, folder: Path, onnx_path: Path) -> bo
 
     processes = Processes()
     forms = {"raw": (data, "image/jpeg"), "multipart": (form_body, form_type)}
-    seconds: dict[str, list[float]] = {"raw": [], "multipart": [], "bare": [], "get": []}
+    timed_keys = ("raw", "multipart", "bare", "get", "http")
+    seconds: dict[str, list[float]] = {key: [] for key in timed_keys}
     # Each endpoint form's Server-Timing, request by request (the warm-up's come first).
     server_ms: dict[str, list[dict[str, float]]] = {form: [] for form in forms}
     boxes: dict[str, set[int]] = {"raw": set(), "multipart": set(), "bare": set()}
     with database_for(args.database_url) as database_url:
+        clients: list[LeanHttpClient] = []
         try:
             service = start_service(
                 processes, folder, database_url=database_url, detector_dir=folder / "unused"
             )
             version = register_production(service.data_dir, service.project_id, onnx_path)
-            # The standard library's client: httpx spends about 1 ms of its own per request,
-            # which is the client's cost, not the service's.
+            noop_port = free_port()
+            noop_log = folder / "logs" / "noop.log"
+            noop = processes.start(
+                [sys.executable, "-c", NOOP_SERVER_SCRIPT, str(noop_port)],
+                env=base_env(),
+                log=noop_log,
+            )
             host, port = service.base_url.removeprefix("http://").split(":")
-            with contextlib.closing(
-                http.client.HTTPConnection(host, int(port), timeout=120)
-            ) as client:
+            client = LeanHttpClient(host, int(port))
+            clients.append(client)
+            noop_client = connect_when_up(host, noop_port, noop, noop_log)
+            clients.append(noop_client)
+            requests = {
+                form: client.build(
+                    "POST",
+                    service.url("/predict"),
+                    {**service.headers, "Content-Type": content_type},
+                    body,
+                )
+                for form, (body, content_type) in forms.items()
+            }
+            get_request = client.build("GET", service.url(), service.headers)
+            http_request = noop_client.build("POST", "/", {"Content-Type": "image/jpeg"}, data)
 
-                def endpoint(form: str) -> int:
-                    body, content_type = forms[form]
-                    headers = {**service.headers, "Content-Type": content_type}
-                    client.request("POST", service.url("/predict"), body=body, headers=headers)
-                    response = client.getresponse()
-                    payload = response.read()
-                    if response.status != 200:
-                        raise RuntimeError(f"predict: {response.status} {payload[:500]!r}")
-                    timing = server_timing_ms(response.headers.get_all("server-timing"))
-                    server_ms[form].append(timing)
-                    return len(json.loads(payload)["detections"])
+            def endpoint(form: str) -> int:
+                status, headers, payload = client.send(requests[form])
+                if status != 200:
+                    raise RuntimeError(f"predict: {status} {payload[:500]!r}")
+                timing = server_timing_ms([v for name, v in headers if name == "server-timing"])
+                server_ms[form].append(timing)
+                return len(json.loads(payload)["detections"])
 
-                def project_get() -> int:
-                    client.request("GET", service.url(), headers=service.headers)
-                    response = client.getresponse()
-                    payload = response.read()
-                    if response.status != 200:
-                        raise RuntimeError(f"project: {response.status} {payload[:500]!r}")
-                    return 0
+            def project_get() -> int:
+                status, _, payload = client.send(get_request)
+                if status != 200:
+                    raise RuntimeError(f"project: {status} {payload[:500]!r}")
+                return 0
 
-                methods: dict[str, Callable[[], int]] = {
-                    "raw": partial(endpoint, "raw"),
-                    "multipart": partial(endpoint, "multipart"),
-                    "bare": bare,
-                    "get": project_get,
-                }
-                for _ in range(args.predict_warmup):
-                    for method in methods.values():
-                        method()
-                for round_number in range(args.predict_requests):
-                    order = list(methods) if round_number % 2 == 0 else list(reversed(methods))
-                    for key in order:
-                        started = time.perf_counter()
-                        found = methods[key]()
-                        seconds[key].append(time.perf_counter() - started)
-                        if key in boxes:
-                            boxes[key].add(found)
+            def http_floor() -> int:
+                status, _, payload = noop_client.send(http_request)
+                if status != 200:
+                    raise RuntimeError(f"no-op app: {status} {payload[:500]!r}")
+                return 0
+
+            methods: dict[str, Callable[[], int]] = {
+                "raw": partial(endpoint, "raw"),
+                "multipart": partial(endpoint, "multipart"),
+                "bare": bare,
+                "get": project_get,
+                "http": http_floor,
+            }
+            for _ in range(args.predict_warmup):
+                for method in methods.values():
+                    method()
+            for round_number in range(args.predict_requests):
+                order = list(methods) if round_number % 2 == 0 else list(reversed(methods))
+                for key in order:
+                    started = time.perf_counter()
+                    found = methods[key]()
+                    seconds[key].append(time.perf_counter() - started)
+                    if key in boxes:
+                        boxes[key].add(found)
         finally:
+            for lean_client in clients:
+                lean_client.close()
             processes.stop_all()
 
     bare_ms = percentiles_ms(seconds["bare"])
@@ -628,6 +747,7 @@ def bench_predict(args: argparse.Namespace, folder: Path, onnx_path: Path) -> bo
         ("multipart", "POST /predict, multipart form (the same and form parsing)"),
         ("bare", "bare runtime: read_image_bytes(bytes) + load_runtime(...).predict([image])"),
         ("get", "(floor) authenticated GET /v1/projects/{id}"),
+        ("http", "(floor) HTTP: the same body to a no-op ASGI app on uvicorn"),
     ]
     for key, label in rows:
         p50, p99, worst = percentiles_ms(seconds[key])
@@ -652,6 +772,11 @@ def bench_predict(args: argparse.Namespace, folder: Path, onnx_path: Path) -> bo
     print()
     print("| endpoint time outside the runtime call | p50 ms | p99 ms | max ms |")
     print("|---|---:|---:|---:|")
+    http_p50, http_p99, http_max = percentiles_ms(seconds["http"])
+    print(
+        f"| (floor) HTTP alone: the same body to a no-op ASGI app | {http_p50:.2f} | "
+        f"{http_p99:.2f} | {http_max:.2f} |"
+    )
     for form in forms:
         timed = server_ms[form][-len(seconds[form]) :]
         total_ms = np.asarray(seconds[form]) * 1e3
