@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -65,6 +65,20 @@ class Settings(BaseSettings):
     # For all the URLs of one /images/fetch request: those not fetched by then are rejected.
     fetch_request_timeout_s: float = 120.0
     max_redirects: int = 3
+
+    @field_validator("service_verifiers")
+    @classmethod
+    def _verifier_specs_are_valid(cls, verifiers: dict[str, str]) -> dict[str, str]:
+        # Checked when the service starts, not when a caller's job first names one.
+        from labeler.exceptions import InputError
+        from labeler.verify.base import check_verifier_spec
+
+        for name, spec in verifiers.items():
+            try:
+                check_verifier_spec(spec)
+            except InputError as error:
+                raise ValueError(f"{name!r}: {error}") from None
+        return verifiers
 
 
 @lru_cache(maxsize=1)

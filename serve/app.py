@@ -144,11 +144,31 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _is_json(content_type: str) -> bool:
+    # As FastAPI decides whether to parse a body as JSON.
+    kind = content_type.split(";")[0].strip().lower()
+    return kind == "application/json" or (
+        kind.startswith("application/") and kind.endswith("+json")
+    )
+
+
 async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
     # FastAPI's own answer, but JSON-safe: Python's JSON reader takes NaN, Infinity and 1e400,
     # the answer quotes the refused input back, and a JSON response cannot hold those floats.
     assert isinstance(error, RequestValidationError)
-    return JSONResponse({"detail": _json_safe(jsonable_encoder(error.errors()))}, status_code=422)
+    errors = error.errors()
+    content_type = request.headers.get("content-type", "")
+    if not _is_json(content_type) and any(tuple(e["loc"]) == ("body",) for e in errors):
+        # FastAPI reads a JSON body only when it is declared so (against cross-site requests
+        # without a preflight); its answer ("a valid dictionary") would not say why.
+        return JSONResponse(
+            {
+                "detail": f"Content-Type {content_type or '(none)'!r}: this route takes a JSON "
+                "body; send it with 'Content-Type: application/json'"
+            },
+            status_code=415,
+        )
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(errors))}, status_code=422)
 
 
 class Observe:

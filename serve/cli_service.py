@@ -43,9 +43,19 @@ def _settings(data_dir: Path | None) -> Settings:
     return settings.model_copy(update={"data_dir": data_dir}) if data_dir else settings
 
 
-def _database(settings: Settings):  # type: ignore[no-untyped-def]
-    from serve.db import Database
+def _database(settings: Settings, *, existing: bool = False):  # type: ignore[no-untyped-def]
+    """The service's database; with ``existing``, a SQLite one must be there already, so that a
+    command run in the wrong folder says so instead of making an empty database there."""
+    from serve.db import Database, sqlite_path
 
+    if existing and settings.database_url is None:
+        path = sqlite_path(settings.data_dir)
+        if not path.is_file():
+            raise fail(
+                f"no service database in {settings.data_dir.resolve()} ({path.name} is not "
+                "there): pass --data-dir or set PROMPTLABEL_DATA_DIR to the folder `promptlabel "
+                "serve` uses (`promptlabel projects create` starts a new one)"
+            )
     db = Database(settings.database_url, data_dir=settings.data_dir)
     db.create_schema()
     return db
@@ -180,7 +190,7 @@ def projects_list(data_dir: DataDirOption = None) -> None:
 
     from serve.db import projects
 
-    with _database(_settings(data_dir)).read() as connection:
+    with _database(_settings(data_dir), existing=True).read() as connection:
         rows = connection.execute(sa.select(projects).order_by(projects.c.created_at)).all()
     table = Table("id", "name", "classes", "created")
     for row in rows:
@@ -200,7 +210,7 @@ def keys_create(
     from serve.auth import create_api_key, get_project_by_name
 
     try:
-        db = _database(_settings(data_dir))
+        db = _database(_settings(data_dir), existing=True)
         created = create_api_key(db, project_id=get_project_by_name(db, project), name=name)
     except PromptlabelError as error:
         raise fail(str(error)) from None
@@ -218,7 +228,7 @@ def keys_list(data_dir: DataDirOption = None) -> None:
     from serve.auth import list_api_keys
 
     table = Table("key id", "project", "name", "created", "revoked")
-    for key in list_api_keys(_database(_settings(data_dir))):
+    for key in list_api_keys(_database(_settings(data_dir), existing=True)):
         table.add_row(
             key.key_id, key.project_name, key.name, _when(key.created_at), _when(key.revoked_at)
         )
@@ -234,7 +244,7 @@ def keys_revoke(
     from serve.auth import revoke_api_key
 
     try:
-        revoked = revoke_api_key(_database(_settings(data_dir)), key_id)
+        revoked = revoke_api_key(_database(_settings(data_dir), existing=True), key_id)
     except PromptlabelError as error:
         raise fail(str(error)) from None
     console.print(f"revoked {revoked}", highlight=False)  # the id, never the secret

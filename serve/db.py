@@ -154,13 +154,18 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql(f"BEGIN {mode}")
 
 
+def sqlite_path(data_dir: Path) -> Path:
+    """The SQLite database in a data folder: the service's database when no URL is set."""
+    return data_dir / "promptlabel.db"
+
+
 class Database:
     """An engine plus the two ways in: ``read()`` and ``write()`` transactions."""
 
     def __init__(self, url: str | None, *, data_dir: Path, pool_size: int = 20) -> None:
         if url is None:
             data_dir.mkdir(parents=True, exist_ok=True)
-            url = f"sqlite:///{data_dir / 'promptlabel.db'}"
+            url = f"sqlite:///{sqlite_path(data_dir)}"
         url = normalize_database_url(url)
         self.url = url
         try:

@@ -276,13 +276,13 @@ def ingest_files(
             ):
                 member_name = shown_name(f"{name}/{member.name}")
                 if isinstance(member, RejectedMember):
-                    ingest.result.rejected.append((member_name, member.reason, member.detail))
+                    ingest.reject(member_name, member.reason, member.detail, source="zip")
                     continue
                 ingest.keep(name=member_name, data=member.data, source="zip")
         except UploadLimitReached as error:
-            ingest.result.rejected.append((name, "upload_limit", str(error)))
+            ingest.reject(name, "upload_limit", str(error), source="zip")
         except InputError as error:
-            ingest.result.rejected.append((name, "bad_archive", str(error)))
+            ingest.reject(name, "bad_archive", str(error), source="zip")
     return ingest.result
 
 

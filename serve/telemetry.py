@@ -72,6 +72,8 @@ class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         for key, value in (_context.get() or {}).items():
             setattr(record, key, value)
+        # uvicorn's copy of the message with terminal colour codes: noise in a JSON line.
+        record.__dict__.pop("color_message", None)
         return True
 
 
@@ -98,3 +100,6 @@ def configure_logging(*, level: int = logging.INFO, json_format: bool = True) ->
     root.setLevel(level)
     # Per-request access lines are in the metrics; uvicorn's own would double the log volume.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: a line per VLM call and per fetched URL. Failures are
+    # logged by the callers, with the job's id.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -58,6 +58,20 @@ def test_projects_and_keys_commands(tmp_path: Path) -> None:
 
     missing = run_cli("keys", "create", "--project", "nope", "--data-dir", data)
     assert missing.returncode == 2 and "no project named 'nope'" in missing.stderr
+
+    # Run in the wrong folder, they say so and leave no empty database behind.
+    elsewhere = tmp_path / "elsewhere"
+    for command in (
+        ("keys", "list"),
+        ("keys", "create", "--project", "pets"),
+        ("keys", "revoke", key_id),
+        ("projects", "list"),
+    ):
+        wrong = run_cli(*command, "--data-dir", elsewhere)
+        assert wrong.returncode == 2, (command, wrong.stderr)
+        assert f"no service database in {elsewhere}" in wrong.stderr, wrong.stderr
+        assert "--data-dir" in wrong.stderr
+    assert not elsewhere.exists()
     revoked = run_cli("keys", "revoke", token, "--data-dir", data)  # the whole key, pasted
     assert revoked.returncode == 0, revoked.stderr
     assert f"revoked {key_id}" in revoked.stderr and token.split(".")[1] not in revoked.stderr
@@ -70,6 +84,17 @@ def test_bad_settings_and_options_are_one_line_before_anything_runs(tmp_path: Pa
     for variable, value, named in (
         ("PROMPTLABEL_SERVICE_DETECTORS", "{not json", "service_detectors"),
         ("PROMPTLABEL_PROMOTE_TOLERANCE", "-1", "PROMPTLABEL_PROMOTE_TOLERANCE"),
+        # A verifier the server offers is checked at start, not when a job first names it.
+        (
+            "PROMPTLABEL_SERVICE_VERIFIERS",
+            '{"vlm": "openia:gpt-4o-mini"}',
+            "PROMPTLABEL_SERVICE_VERIFIERS: Value error, 'vlm': unknown verifier",
+        ),
+        (
+            "PROMPTLABEL_SERVICE_VERIFIERS",
+            '{"vlm": "openai"}',
+            "'vlm': verifier 'openai' needs a model name",
+        ),
     ):
         result = run_cli("keys", "list", *data, env={variable: value})
         assert result.returncode == 2, result.stderr
@@ -176,9 +201,17 @@ def test_log_lines_are_json_with_context(capsys: pytest.CaptureFixture[str]) -> 
         with job_log_context(job_id="job_1", attempt=2):
             logging.getLogger("promptlabel.test").warning("hello %s", "world")
         logging.getLogger("promptlabel.test").warning("outside")
+        # As uvicorn logs: the same message again with terminal colour codes.
+        colour = {"color_message": "Started server process [\x1b[36m%d\x1b[0m]"}
+        logging.getLogger("uvicorn.error").info("Started server process [%d]", 7, extra=colour)
+        logging.getLogger("httpx").info('HTTP Request: POST http://vlm/ "HTTP/1.1 200 OK"')
     finally:
         logging.getLogger().handlers.clear()
-    first, second = (json.loads(line) for line in capsys.readouterr().err.splitlines())
+    first, second, uvicorn_line = (
+        json.loads(line) for line in capsys.readouterr().err.splitlines()
+    )
     assert first["message"] == "hello world" and first["job_id"] == "job_1"
     assert first["attempt"] == 2 and first["level"] == "WARNING"
     assert "job_id" not in second
+    assert uvicorn_line["message"] == "Started server process [7]"
+    assert "color_message" not in uvicorn_line  # and no line for each httpx request

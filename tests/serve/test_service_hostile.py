@@ -89,7 +89,16 @@ def test_only_bad_files_is_422_naming_each(service: Service) -> None:
     assert "a.jpg: not_an_image" in detail and "b.png: too_many_pixels" in detail
 
 
+def ingested(source: str, outcome: str) -> float:
+    """The images-ingested counter so far (the metric the service exports)."""
+    from prometheus_client import REGISTRY
+
+    labels = {"source": source, "outcome": outcome}
+    return REGISTRY.get_sample_value("promptlabel_images_ingested_total", labels) or 0.0
+
+
 def test_zip_upload_skips_unsafe_members_and_keeps_images(service: Service) -> None:
+    rejected_before, accepted_before = ingested("zip", "rejected"), ingested("zip", "accepted")
     archive = zip_of(
         {
             "photos/one.png": png_bytes(1),
@@ -109,6 +118,9 @@ def test_zip_upload_skips_unsafe_members_and_keeps_images(service: Service) -> N
     assert reasons["batch.zip/inner.zip"] == "nested_archive"
     assert reasons["batch.zip/notes.txt"] == "not_an_image"
     assert not any("__MACOSX" in name for name in reasons)
+    # Each refused member is counted in the metrics, as a refused upload is.
+    assert ingested("zip", "rejected") - rejected_before == len(body["rejected"])
+    assert ingested("zip", "accepted") - accepted_before == 1
     # Nothing was written outside the data folder.
     assert not (service.settings.data_dir.parent / "etc").exists()
 
@@ -126,9 +138,11 @@ def test_deflate_bomb_in_a_zip_is_refused(service: Service) -> None:
 
 
 def test_not_a_zip_named_zip_is_a_rejected_file(service: Service) -> None:
+    rejected_before = ingested("zip", "rejected")
     response = post_files(service, [("x.zip", b"PK\x03\x04 broken"), ("ok.png", png_bytes(5))])
     assert response.status_code == 201
     assert response.json()["rejected"][0]["name"] == "x.zip"
+    assert ingested("zip", "rejected") - rejected_before == 1
 
 
 def test_oversize_upload_is_413_before_it_is_read(service: Service) -> None:
@@ -496,6 +510,35 @@ def test_numbers_json_cannot_hold_are_422_naming_the_field(service: Service, lit
         assert response.status_code == 422, (path, response.text)
         [error] = response.json()["detail"]
         assert error["loc"][:2] == ["body", "box_threshold" if "label" in path else "urls"]
+
+
+def test_a_json_body_without_a_json_content_type_is_415_saying_so(service: Service) -> None:
+    ontology_yaml = "classes:\n  cat: a cat\n"
+    for method, path, content_type, body in (
+        ("POST", "/label-jobs", None, b'{"detector": "default"}'),
+        ("POST", "/label-jobs", "text/plain", b"{}"),
+        ("PUT", "/ontology", "application/x-yaml", ontology_yaml.encode()),
+    ):
+        headers = dict(service.headers)
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        response = service.client.request(method, service.url(path), headers=headers, content=body)
+        assert response.status_code == 415, (path, response.text)
+        assert response.json()["detail"] == (
+            f"Content-Type {content_type or '(none)'!r}: this route takes a JSON body; send it "
+            "with 'Content-Type: application/json'"
+        )
+    # A JSON media type with a suffix is JSON; a JSON array where an object belongs stays 422.
+    for content_type, body, status in (
+        ("application/merge-patch+json", b'{"classes": {"cat": "a cat"}}', 200),
+        ("application/json", b"[1]", 422),
+    ):
+        response = service.client.put(
+            service.url("/ontology"),
+            headers={**service.headers, "Content-Type": content_type},
+            content=body,
+        )
+        assert response.status_code == status, (content_type, response.text)
 
 
 def test_an_upload_with_no_file_says_so(service: Service) -> None:
