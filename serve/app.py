@@ -43,6 +43,12 @@ JSON_BODY_LIMIT = 1024 * 1024  # JSON bodies are small; only uploads may be larg
 # The routes that take files (image uploads and zips, an image to predict on): only they get the
 # upload limit. Chosen by path, not by the client's Content-Type, which the client controls.
 UPLOAD_PATHS = re.compile(r"/v1/projects/[^/]+/(images|predict)/?")
+# Work that may be slow or come in floods runs in thread pools of its own (``run_in_app_pool``),
+# so that a flood of one kind queues in its pool and never holds the thread pool that every sync
+# route needs. Predictions: one per CPU at a time. Uploads: they wait for a decode slot (one per
+# CPU) and on the disk, so twice that. URL fetches: they wait on other servers, as many as the
+# DNS lookups that serve.fetch runs at once.
+APP_POOL_SIZES = {"predict": DECODE_SLOT_COUNT, "ingest": 2 * DECODE_SLOT_COUNT, "fetch": 8}
 # Request methods the metrics name; any other (clients may send anything) counts as OTHER, so
 # that made-up methods cannot grow the metrics without bound.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -224,10 +230,10 @@ def create_app(settings: Settings, *, db: Database | None = None, workers: int =
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database.create_schema()
-        # Predictions run here, one per CPU at a time: a flood of them queues in this pool, not
-        # in the thread pool that every sync route needs too.
-        predict_pool = ThreadPoolExecutor(DECODE_SLOT_COUNT, thread_name_prefix="predict")
-        app.state.predict_pool = predict_pool
+        app.state.pools = pools = {
+            name: ThreadPoolExecutor(size, thread_name_prefix=name)
+            for name, size in APP_POOL_SIZES.items()
+        }
         models = ModelCache()  # in-process workers share loaded models
         threads = [
             threading.Thread(
@@ -243,7 +249,8 @@ def create_app(settings: Settings, *, db: Database | None = None, workers: int =
         try:
             yield
         finally:
-            predict_pool.shutdown(wait=False, cancel_futures=True)
+            for pool in pools.values():
+                pool.shutdown(wait=False, cancel_futures=True)
             stop.set()  # each worker gives its running job back at its next unit of work
             deadline = time.monotonic() + 30
             for thread in threads:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -13,7 +17,9 @@ from labeler.settings import Settings
 from serve.auth import Principal, authenticate
 from serve.db import Database
 
-__all__ = ["CurrentPrincipal", "Db", "Offset", "ProjectId", "ServiceSettings"]
+__all__ = ["CurrentPrincipal", "Db", "Offset", "ProjectId", "ServiceSettings", "run_in_app_pool"]
+
+T = TypeVar("T")
 
 # Bounded so that a huge number is a 422, not an integer the database cannot store.
 Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="Items to skip.")]
@@ -73,3 +79,11 @@ async def _project_id(principal: CurrentPrincipal, project_id: Annotated[str, Pa
 
 
 ProjectId = Annotated[str, Depends(_project_id)]
+
+
+async def run_in_app_pool(request: Request, pool: str, work: Callable[[], T]) -> T:
+    """``work()`` in one of the app's own thread pools (``pool``: see ``create_app``), in this
+    request's context (its log fields): a flood of one kind of work queues there, and the thread
+    pool that every sync route needs stays free."""
+    executor: ThreadPoolExecutor = request.app.state.pools[pool]
+    return await asyncio.get_running_loop().run_in_executor(executor, copy_context().run, work)

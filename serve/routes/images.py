@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, File, HTTPException, Query, Response, UploadFile, status
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, File, HTTPException, Query, Request, Response, UploadFile, status
 
 from labeler.exceptions import InputError
-from serve.deps import Db, Offset, ProjectId, ServiceSettings
+from serve.deps import Db, Offset, ProjectId, ServiceSettings, run_in_app_pool
 from serve.images_store import IngestResult, StoredImage, get_images, ingest_files, ingest_urls
 from serve.images_store import list_images as list_stored_images
 from serve.schemas import (
@@ -70,6 +70,7 @@ async def upload_images(
     settings: ServiceSettings,
     project_id: ProjectId,
     files: Annotated[list[UploadFile], File(description="Images (JPEG, PNG, ...) or zip files.")],
+    request: Request,
     response: Response,
 ) -> ImageUploadResult:
     if len(files) > settings.max_files_per_upload:
@@ -77,7 +78,9 @@ async def upload_images(
             f"files: {len(files)} files in one upload; the limit is {settings.max_files_per_upload}"
         )
     named = [(upload.filename or f"file-{i}", upload.file) for i, upload in enumerate(files)]
-    result = await run_in_threadpool(ingest_files, db, settings, project_id=project_id, files=named)
+    result = await run_in_app_pool(
+        request, "ingest", partial(ingest_files, db, settings, project_id=project_id, files=named)
+    )
     return _answer(result, response)
 
 
@@ -87,14 +90,18 @@ async def upload_images(
     status_code=status.HTTP_201_CREATED,
     responses=_ERRORS,
 )
-def fetch_images(
+async def fetch_images(
     db: Db,
     settings: ServiceSettings,
     project_id: ProjectId,
     body: UrlFetchCreate,
+    request: Request,
     response: Response,
 ) -> ImageUploadResult:
-    result = ingest_urls(db, settings, project_id=project_id, urls=body.urls)
+    # Up to PROMPTLABEL_FETCH_REQUEST_TIMEOUT_S of waiting on other servers: in a pool of its own.
+    result = await run_in_app_pool(
+        request, "fetch", partial(ingest_urls, db, settings, project_id=project_id, urls=body.urls)
+    )
     return _answer(result, response)
 
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from contextvars import copy_context
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -27,7 +24,7 @@ from labeler.exceptions import (
     NotFoundError,
 )
 from labeler.settings import Settings
-from serve.deps import Db, ProjectId, ServiceSettings
+from serve.deps import Db, ProjectId, ServiceSettings, run_in_app_pool
 from serve.ingest import ACCEPTED_FORMATS, DECODE_SLOTS
 from serve.jobs import without_data_dir
 from serve.runtime import OnnxDetector, load_runtime, read_image_bytes
@@ -338,6 +335,4 @@ async def predict(
             headers={"Server-Timing": f"runtime;dur={runtime_ms:.2f}"},
         )
 
-    # The app's own pool (see create_app), in this request's context (its log fields).
-    pool: ThreadPoolExecutor = request.app.state.predict_pool
-    return await asyncio.get_running_loop().run_in_executor(pool, copy_context().run, run)
+    return await run_in_app_pool(request, "predict", run)

@@ -567,3 +567,68 @@ def test_ontology_names_are_checked_as_data_not_as_yaml(service: Service) -> Non
     status, text = put([{"name": "ok", "detect": "a\u0000phrase"}])
     assert status == 422 and "control or invisible" in text
     assert put({"café crème": "a cup of coffee"})[0] == 200
+
+
+def test_a_flood_of_uploads_queues_in_its_own_pool_and_other_routes_still_answer(
+    service: Service, image_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import serve.routes.images
+
+    service.settings.url_allowlist = ["127.0.0.1/32"]
+    pools = service.client.app.state.pools  # type: ignore[attr-defined]
+    one_at_a_time = {
+        name: ThreadPoolExecutor(1, thread_name_prefix=f"{name}-test")
+        for name in ("ingest", "fetch")
+    }
+    for name, pool in one_at_a_time.items():
+        monkeypatch.setitem(pools, name, pool)
+    release, entered, lock = threading.Event(), threading.Semaphore(0), threading.Lock()
+    inside, most_inside = 0, 0
+    threads: list[str] = []
+
+    def held(ingest: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            nonlocal inside, most_inside
+            with lock:
+                inside += 1
+                most_inside = max(most_inside, inside)
+                threads.append(threading.current_thread().name)
+            entered.release()
+            release.wait(timeout=30)
+            with lock:
+                inside -= 1
+            return ingest(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(serve.routes.images, "ingest_files", held(serve.routes.images.ingest_files))
+    monkeypatch.setattr(serve.routes.images, "ingest_urls", held(serve.routes.images.ingest_urls))
+
+    def upload(seed: int) -> int:
+        return post_files(service, [(f"{seed}.png", png_bytes(seed))]).status_code
+
+    def fetch(_: int) -> int:
+        return service.client.post(
+            service.url("/images/fetch"),
+            headers=service.headers,
+            json={"urls": [f"{image_server}/a.png"]},
+        ).status_code
+
+    try:
+        with ThreadPoolExecutor(6) as clients:
+            answers = [clients.submit(upload, seed) for seed in range(3)]
+            answers += [clients.submit(fetch, i) for i in range(3)]
+            # One upload and one fetch are inside; the other four wait in their pools, ...
+            assert entered.acquire(timeout=30) and entered.acquire(timeout=30)
+            # ... and a route that needs the shared thread pool still answers meanwhile.
+            assert service.client.get(service.url(), headers=service.headers).status_code == 200
+            assert most_inside == 2
+            release.set()
+            assert sorted(answer.result(timeout=60) for answer in answers) == [201] * 6
+    finally:
+        release.set()
+        for pool in one_at_a_time.values():
+            pool.shutdown()
+    assert sorted(name.split("-test")[0] for name in threads) == ["fetch"] * 3 + ["ingest"] * 3

@@ -259,7 +259,7 @@ def test_predictions_run_in_the_apps_own_pool_one_per_thread_with_the_request_lo
     service.promote_onnx(students.static)
     app = service.client.app
     one_at_a_time = ThreadPoolExecutor(1, thread_name_prefix="predict-test")
-    monkeypatch.setattr(app.state, "predict_pool", one_at_a_time)  # type: ignore[attr-defined]
+    monkeypatch.setitem(app.state.pools, "predict", one_at_a_time)  # type: ignore[attr-defined]
     inside, most_inside, lock = 0, 0, threading.Lock()
     seen: list[tuple[str, str | None]] = []
     decode = serve.routes.models.read_image_bytes
