@@ -12,6 +12,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -30,6 +31,7 @@ __all__ = [
     "list_api_keys",
     "new_id",
     "revoke_api_key",
+    "set_project_ontology",
 ]
 
 KEY_PREFIX = "pl_"
@@ -75,7 +77,6 @@ def create_project(db: Database, *, name: str, ontology: Ontology | None = None)
         raise InputError("project name must be 1 to 200 characters")
     now = time.time()
     project_id = new_id("prj")
-    classes = [c.model_dump() for c in ontology.classes] if ontology else []
     with db.write() as connection:
         taken = connection.execute(sa.select(projects.c.id).where(projects.c.name == name)).first()
         if taken is not None:
@@ -84,12 +85,27 @@ def create_project(db: Database, *, name: str, ontology: Ontology | None = None)
             projects.insert().values(
                 id=project_id,
                 name=name,
-                ontology={"classes": classes},
+                ontology=_stored_ontology(ontology),
                 created_at=now,
                 updated_at=now,
             )
         )
     return project_id
+
+
+def _stored_ontology(ontology: Ontology | None) -> dict[str, Any]:
+    classes = [c.model_dump(mode="json") for c in ontology.classes] if ontology else []
+    return {"classes": classes}
+
+
+def set_project_ontology(db: Database, project_id: str, ontology: Ontology) -> None:
+    """Replace the project's ontology; jobs already submitted keep the one they were given."""
+    with db.write() as connection:
+        connection.execute(
+            sa.update(projects)
+            .where(projects.c.id == project_id)
+            .values(ontology=_stored_ontology(ontology), updated_at=time.time())
+        )
 
 
 def get_project_by_name(db: Database, name: str) -> str:

@@ -183,6 +183,26 @@ def projects_create(
     typer.echo(project_id)
 
 
+@projects_app.command("set-ontology")
+def projects_set_ontology(
+    name: Annotated[str, typer.Argument(help="The project's name.")],
+    ontology: Annotated[Path, typer.Argument(help="An ontology YAML file.")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Replace a project's ontology (as PUT /ontology does); submitted jobs keep theirs."""
+    from labeler.ontology import load_ontology
+    from serve.auth import get_project_by_name, set_project_ontology
+
+    try:
+        loaded = load_ontology(ontology)
+        db = _database(_settings(data_dir), existing=True)
+        set_project_ontology(db, get_project_by_name(db, name), loaded)
+    except PromptlabelError as error:
+        raise fail(str(error)) from None
+    names = ", ".join(c.name for c in loaded.classes)
+    console.print(f"project {name}: {len(loaded.classes)} classes ({names})", highlight=False)
+
+
 @projects_app.command("list")
 def projects_list(data_dir: DataDirOption = None) -> None:
     """List projects."""

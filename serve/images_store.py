@@ -6,7 +6,7 @@ import hashlib
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit
@@ -90,8 +90,9 @@ def store_image(
     info: ImageInfo,
     filename: str,
     source_url: str | None = None,
-) -> StoredImage:
-    """Keep an already validated image; the same bytes stored again return the first record."""
+) -> tuple[StoredImage, bool]:
+    """Keep an already validated image, and whether it is new to the project: the same bytes
+    stored again return the first record."""
     _write_blob(blob_path(data_dir, info.sha256, info.extension), data)
     select = sa.select(images).where(
         images.c.project_id == project_id, images.c.sha256 == info.sha256
@@ -101,7 +102,7 @@ def store_image(
             with db.write() as connection:
                 existing = connection.execute(select).first()
                 if existing is not None:
-                    return _stored(existing)
+                    return _stored(existing), False
                 connection.execute(
                     images.insert().values(
                         id=new_id("img"),
@@ -116,7 +117,7 @@ def store_image(
                         created_at=time.time(),
                     )
                 )
-                return _stored(connection.execute(select).one())
+                return _stored(connection.execute(select).one()), True
         except sa.exc.IntegrityError:
             continue
     raise RuntimeError(f"could not store image {info.sha256}")  # pragma: no cover
@@ -159,6 +160,8 @@ def get_images(db: Database, *, project_id: str, image_ids: list[str]) -> list[S
 class IngestResult:
     accepted: list[StoredImage]
     rejected: list[tuple[str, str, str]]  # (name, reason, detail)
+    # Ids of accepted images that the project held before this request (the same bytes).
+    already_present: set[str] = field(default_factory=set)
 
 
 def _project_image(db: Database, *, project_id: str, sha256: str) -> StoredImage | None:
@@ -200,6 +203,7 @@ class _Ingest:
                 path = blob_path(self.settings.data_dir, sha256, verdict.extension)
                 _write_blob(path, data)
                 self._verdicts[sha256] = verdict
+                self.result.already_present.add(verdict.id)
         return verdict
 
     def keep(self, *, name: str, data: bytes, source: str, source_url: str | None = None) -> None:
@@ -221,7 +225,7 @@ class _Ingest:
             except ImageError as error:
                 verdict = (error.reason, error.detail)
             else:
-                verdict = store_image(
+                verdict, new = store_image(
                     self.db,
                     data_dir=settings.data_dir,
                     project_id=self.project_id,
@@ -230,6 +234,8 @@ class _Ingest:
                     filename=name,
                     source_url=source_url,
                 )
+                if not new:  # stored by another request meanwhile
+                    self.result.already_present.add(verdict.id)
             if sha256 is not None:
                 self._verdicts[sha256] = verdict
         if isinstance(verdict, StoredImage):

@@ -88,6 +88,13 @@ class ImagePublic(BaseModel):
     created_at: datetime
 
 
+class UploadedImage(ImagePublic):
+    already_present: bool = Field(
+        description="The project held these bytes already (same sha256): this is that image, "
+        "with its first file name, not a second copy."
+    )
+
+
 class RejectedUpload(BaseModel):
     name: str
     reason: str
@@ -98,7 +105,7 @@ class ImageUploadResult(BaseModel):
     """Accepted images (an already known image is returned again, not stored twice) and the
     files that were refused, each with why; one bad file never fails the others."""
 
-    accepted: list[ImagePublic]
+    accepted: list[UploadedImage]
     rejected: list[RejectedUpload]
 
 

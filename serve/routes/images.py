@@ -15,6 +15,7 @@ from serve.schemas import (
     ImagePublic,
     ImageUploadResult,
     RejectedUpload,
+    UploadedImage,
     UrlFetchCreate,
     as_datetime,
     error_responses,
@@ -40,7 +41,13 @@ def image_public(image: StoredImage) -> ImagePublic:
 
 def _answer(result: IngestResult, response: Response) -> ImageUploadResult:
     body = ImageUploadResult(
-        accepted=[image_public(image) for image in result.accepted],
+        accepted=[
+            UploadedImage(
+                **image_public(image).model_dump(),
+                already_present=image.id in result.already_present,
+            )
+            for image in result.accepted
+        ],
         rejected=[
             RejectedUpload(name=name, reason=reason, detail=detail)
             for name, reason, detail in result.rejected

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import sqlalchemy as sa
 from fastapi import APIRouter
 
 from labeler.ontology import ontology_from_data
+from serve.auth import set_project_ontology
 from serve.db import Database, images, projects
 from serve.deps import CurrentPrincipal, Db, ProjectId
 from serve.schemas import OntologyIn, ProjectPublic, as_datetime, error_responses
@@ -48,13 +47,5 @@ def get_project(db: Db, project_id: ProjectId) -> ProjectPublic:
 )
 def put_ontology(db: Db, project_id: ProjectId, body: OntologyIn) -> ProjectPublic:
     ontology = ontology_from_data(body.model_dump(mode="json"), source="ontology")
-    with db.write() as connection:
-        connection.execute(
-            sa.update(projects)
-            .where(projects.c.id == project_id)
-            .values(
-                ontology={"classes": [c.model_dump(mode="json") for c in ontology.classes]},
-                updated_at=time.time(),
-            )
-        )
+    set_project_ontology(db, project_id, ontology)
     return _project(db, project_id)

@@ -59,6 +59,23 @@ def test_projects_and_keys_commands(tmp_path: Path) -> None:
     missing = run_cli("keys", "create", "--project", "nope", "--data-dir", data)
     assert missing.returncode == 2 and "no project named 'nope'" in missing.stderr
 
+    bigger = tmp_path / "bigger.yaml"
+    bigger.write_text("classes:\n  cat: a cat\n  dog: a dog\n")
+    changed = run_cli("projects", "set-ontology", "pets", bigger, "--data-dir", data)
+    assert changed.returncode == 0, changed.stderr
+    assert "project pets: 2 classes (cat, dog)" in changed.stderr
+    listed_projects = run_cli("projects", "list", "--data-dir", data)
+    [pets_row] = [line for line in listed_projects.stderr.splitlines() if project_id in line]
+    assert " 2 " in pets_row, pets_row
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("classes: [\n")
+    for args, message in (
+        (("pets", broken), "broken.yaml"),
+        (("nope", bigger), "no project named 'nope'"),
+    ):
+        refused = run_cli("projects", "set-ontology", *args, "--data-dir", data)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+
     # Run in the wrong folder, they say so and leave no empty database behind.
     elsewhere = tmp_path / "elsewhere"
     for command in (
@@ -66,6 +83,7 @@ def test_projects_and_keys_commands(tmp_path: Path) -> None:
         ("keys", "create", "--project", "pets"),
         ("keys", "revoke", key_id),
         ("projects", "list"),
+        ("projects", "set-ontology", "pets", bigger),
     ):
         wrong = run_cli(*command, "--data-dir", elsewhere)
         assert wrong.returncode == 2, (command, wrong.stderr)
@@ -203,7 +221,9 @@ def test_log_lines_are_json_with_context(capsys: pytest.CaptureFixture[str]) -> 
         logging.getLogger("promptlabel.test").warning("outside")
         # As uvicorn logs: the same message again with terminal colour codes.
         colour = {"color_message": "Started server process [\x1b[36m%d\x1b[0m]"}
-        logging.getLogger("uvicorn.error").info("Started server process [%d]", 7, extra=colour)
+        logging.getLogger("promptlabel.test").warning(
+            "Started server process [%d]", 7, extra=colour
+        )
         logging.getLogger("httpx").info('HTTP Request: POST http://vlm/ "HTTP/1.1 200 OK"')
     finally:
         logging.getLogger().handlers.clear()

@@ -77,9 +77,14 @@ def test_bad_files_are_rejected_one_by_one_and_the_rest_kept(service: Service) -
         "page.png": "not_an_image",
     }
     assert all(item["detail"] or item["reason"] == "zero_bytes" for item in body["rejected"])
-    # The same bytes again are the same image, not a second copy.
-    again = post_files(service, [("copy.png", good)]).json()
-    assert again["accepted"][0]["id"] == body["accepted"][0]["id"]
+    assert body["accepted"][0]["already_present"] is False
+    # The same bytes again are the same image, not a second copy, and the answer says so.
+    again = post_files(service, [("copy.png", good), ("new.png", png_bytes(3))]).json()
+    [(copy_id, copy_present), (new_id, new_present)] = [
+        (image["id"], image["already_present"]) for image in again["accepted"]
+    ]
+    assert copy_id == body["accepted"][0]["id"] and copy_present is True
+    assert new_id != copy_id and new_present is False
 
 
 def test_only_bad_files_is_422_naming_each(service: Service) -> None:
