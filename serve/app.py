@@ -47,8 +47,14 @@ UPLOAD_PATHS = re.compile(r"/v1/projects/[^/]+/(images|predict)/?")
 # so that a flood of one kind queues in its pool and never holds the thread pool that every sync
 # route needs. Predictions: one per CPU at a time. Uploads: they wait for a decode slot (one per
 # CPU) and on the disk, so twice that. URL fetches: they wait on other servers, as many as the
-# DNS lookups that serve.fetch runs at once.
-APP_POOL_SIZES = {"predict": DECODE_SLOT_COUNT, "ingest": 2 * DECODE_SLOT_COUNT, "fetch": 8}
+# DNS lookups that serve.fetch runs at once. API key lookups on PostgreSQL: a round trip each, as
+# many as the lookup pool's connections (serve.db).
+APP_POOL_SIZES = {
+    "predict": DECODE_SLOT_COUNT,
+    "ingest": 2 * DECODE_SLOT_COUNT,
+    "fetch": 8,
+    "lookups": 8,
+}
 # Request methods the metrics name; any other (clients may send anything) counts as OTHER, so
 # that made-up methods cannot grow the metrics without bound.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

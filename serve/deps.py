@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
+from functools import partial
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.concurrency import run_in_threadpool
 
 from labeler.exceptions import NotFoundError
 from labeler.settings import Settings
@@ -57,8 +57,11 @@ async def _principal(
             # 5 ms at p99 here) per request.
             principal = authenticate(db, credentials.credentials)
         else:
-            # A network round trip: that wait belongs in a thread.
-            principal = await run_in_threadpool(authenticate, db, credentials.credentials)
+            # A network round trip: that wait belongs in a thread, one of the app's own, so the
+            # key check never queues behind slow sync routes.
+            principal = await run_in_app_pool(
+                request, "lookups", partial(authenticate, db, credentials.credentials)
+            )
     if principal is None:
         raise HTTPException(
             status_code=status.HTTP_401_UNAUTHORIZED,

@@ -12,9 +12,9 @@ from serve.db import Database, projects
 
 
 def test_a_lookup_outside_a_transaction_leaves_later_transactions_intact(db: Database) -> None:
-    # On PostgreSQL fetch_one switches a pooled connection to autocommit; the pool must switch it
-    # back, or the next write's rollback would undo nothing. On SQLite it hands a pooled
-    # connection to the driver and back: the next transaction must still be one.
+    # On PostgreSQL fetch_one has a pool of its own in autocommit; transactions must stay
+    # transactions. On SQLite it hands a pooled connection to the driver and back: the next
+    # transaction must still be one.
     name_by_id = sa.select(projects.c.name, projects.c.created_at).where(
         projects.c.id == sa.bindparam("id")
     )
@@ -33,6 +33,29 @@ def test_a_lookup_outside_a_transaction_leaves_later_transactions_intact(db: Dat
     with db.write() as connection:
         connection.execute(projects.update().values(name="y"))
     assert tuple(db.fetch_one(name_by_id, {"id": "prj_x"}) or ()) == ("y", 1.5)
+
+
+def test_a_lookup_survives_the_server_dropping_its_connections(db: Database) -> None:
+    if not db.is_postgres:
+        pytest.skip("PostgreSQL only: SQLite has no server to drop a connection")
+    name_by_id = sa.select(projects.c.name).where(projects.c.id == sa.bindparam("id"))
+    assert db.fetch_one(name_by_id, {"id": "prj_x"}) is None  # a pooled lookup connection now
+    terminate = sa.text(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE application_name = 'promptlabel-lookups' AND pid <> pg_backend_pid()"
+    )
+    with db.write() as connection:
+        assert connection.execute(terminate).scalar_one() >= 1
+    # The lookup pool does not ping before each use: the dropped connection fails the lookup,
+    # which runs again on a fresh one.
+    assert db.fetch_one(name_by_id, {"id": "prj_x"}) is None
+    with db.write() as connection:
+        connection.execute(
+            projects.insert().values(
+                id="prj_x", name="x", ontology={}, created_at=0.0, updated_at=0.0
+            )
+        )
+    assert tuple(db.fetch_one(name_by_id, {"id": "prj_x"}) or ()) == ("x",)
 
 
 def test_a_lookup_refuses_columns_the_driver_would_return_unconverted(db: Database) -> None:
