@@ -18,6 +18,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labeler.exceptions import (
@@ -269,7 +270,9 @@ def create_app(settings: Settings, *, db: Database | None = None, workers: int =
             if db is None:  # the app made the engine, so it closes its pooled connections
                 database.dispose()
 
-    app = FastAPI(
+    # Its docs pages load Swagger UI and ReDoc from the package, not from a CDN: they work on a
+    # server without internet access.
+    app = FastAPIOffline(
         title="promptlabel",
         version="1",
         summary="Class prompts in, verified labels and a fast on-device model out.",

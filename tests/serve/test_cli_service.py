@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -160,7 +161,15 @@ def test_serve_runs_jobs_in_process_and_logs_json(tmp_path: Path, tiny_detector_
                 pass
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-        assert "Swagger UI" in httpx.get(f"{base}/docs").text
+        # The docs pages and every script and style they load come from this server (no CDN).
+        for page, title in (("/docs", "Swagger UI"), ("/redoc", "ReDoc")):
+            html = httpx.get(f"{base}{page}").text
+            assert title in html
+            assets = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html)
+            assert assets and all(asset.startswith("/") for asset in assets), assets
+            for asset in assets:
+                answer = httpx.get(f"{base}{asset}")
+                assert answer.status_code == 200 and len(answer.content) > 10_000, asset
         headers = {"Authorization": f"Bearer {token}"}
         project_id = httpx.get(f"{base}/v1/projects", headers=headers).json()[0]["id"]
         upload = httpx.post(
