@@ -181,6 +181,16 @@ class PromotionPublic(BaseModel):
     promoted: bool
     forced: bool
     reason: str
+    candidate_map50_95: float | None = Field(
+        description="The candidate's mAP50-95 on the evaluation set; null where not measured."
+    )
+    production_map50_95: float | None = Field(
+        description="Production's mAP50-95 on the same set; null when there was no production."
+    )
+    tolerance: float = Field(description="How much mAP50-95 the candidate could lose and pass.")
+    production_reevaluated: bool = Field(
+        description="Production's score was measured now (true) or read from its stored metrics."
+    )
     created_at: str
 
 

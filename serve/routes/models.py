@@ -73,6 +73,10 @@ def _promotion_public(decision: PromotionDecision, data_dir: Path) -> PromotionP
         promoted=decision.promoted,
         forced=decision.forced,
         reason=_JOB_DATASET.sub(r"the dataset of labeling job \1", reason),
+        candidate_map50_95=decision.candidate_map50_95,
+        production_map50_95=decision.production_map50_95,
+        tolerance=decision.tolerance,
+        production_reevaluated=decision.production_reevaluated,
         created_at=decision.created_at,
     )
 
@@ -129,6 +133,23 @@ def promote_model(
         )
     PREDICTORS.forget(project_id)
     return _promotion_public(decision, settings.data_dir)
+
+
+@router.get(
+    "/promotions",
+    summary="Every promotion decision, promoted or refused, oldest first",
+    responses=_ERRORS,
+)
+def list_promotions(
+    settings: ServiceSettings,
+    project_id: ProjectId,
+    version: Annotated[str | None, Query(description="Only this model's (v3).")] = None,
+) -> list[PromotionPublic]:
+    with _registry(settings.data_dir, project_id) as registry:
+        if version is not None:
+            version = _get_version(registry, version).version
+        decisions = registry.promotions(version)
+    return [_promotion_public(decision, settings.data_dir) for decision in decisions]
 
 
 @router.get(

@@ -438,6 +438,23 @@ def test_promote_takes_no_body_or_a_known_one(service: Service, students: Studen
     assert bare.status_code == 200, bare.text
     assert bare.json()["candidate"] == version and bare.json()["forced"] is False
 
+    # Every decision is kept, with the scores it was made on.
+    history = service.client.get(service.url("/promotions"), headers=service.headers)
+    assert history.status_code == 200, history.text
+    decisions = history.json()
+    assert decisions[-1] == bare.json()
+    assert {"candidate_map50_95", "production_map50_95", "tolerance"} <= decisions[-1].keys()
+    assert decisions[-1]["tolerance"] == service.settings.promote_tolerance
+    assert decisions[-1]["production_before"] == version  # it was production already
+    only_this = service.client.get(
+        service.url("/promotions"), headers=service.headers, params={"version": version}
+    ).json()
+    assert only_this == [d for d in decisions if d["candidate"] == version]
+    unknown = service.client.get(
+        service.url("/promotions"), headers=service.headers, params={"version": "v99"}
+    )
+    assert unknown.status_code == 404
+
 
 @pytest.mark.parametrize("data_dir", ["promptlabel-data", "/srv/pl data", "."])
 def test_promotion_reasons_name_the_labeling_job_not_the_servers_files(data_dir: str) -> None:
