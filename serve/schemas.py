@@ -140,6 +140,33 @@ class TrainJobCreate(_In):
     seed: int = Field(default=0, ge=0)
 
 
+class StageProgress(BaseModel):
+    done: int
+    total: int
+
+
+class JobProgress(BaseModel):
+    """Where a running job is. Every field has a default, so progress stored by any version
+    reads back; stage-specific values (training's ``last_metrics``) come as extra fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    stage: str = Field(
+        default="starting",
+        description="starting (models load); labeling: scan, propose, verify, route, export; "
+        "training: train, export; done.",
+    )
+    done: int = Field(default=0, description="Done in this stage: images, verifier calls, epochs.")
+    total: int = Field(default=0, description="To do in this stage.")
+    fraction: float = Field(default=0.0, description="Of the whole job, 0 to 1, by stage weights.")
+    attempt: int = Field(
+        default=1, description="Which run of the job: a job taken over from a dead worker is 2, 3."
+    )
+    stages: dict[str, StageProgress] = Field(
+        default_factory=dict, description="done/total of every stage reached so far."
+    )
+
+
 class JobPublic(BaseModel):
     id: str
     project_id: str
@@ -148,11 +175,12 @@ class JobPublic(BaseModel):
     params: dict[str, Any]
     attempts: int
     cancel_requested: bool
-    progress: dict[str, Any] | None = Field(
-        description="stage, done/total of the stage, images per status, labels per status."
-    )
+    progress: JobProgress | None
     eta_s: float | None = Field(description="Seconds to go, from the pace so far; null if unknown.")
-    result: dict[str, Any] | None
+    result: dict[str, Any] | None = Field(
+        description="Once succeeded. Labeling: labels per status and class, verifier calls and "
+        "errors, timings. Training: model_version and metrics."
+    )
     error: str | None
     created_at: datetime
     started_at: datetime | None

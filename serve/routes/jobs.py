@@ -10,6 +10,7 @@ from fastapi.responses import FileResponse
 from serve import jobs as job_service
 from serve.deps import Db, Offset, ProjectId, ServiceSettings
 from serve.schemas import (
+    JobProgress,
     JobPublic,
     JobResultItem,
     JobResultsPage,
@@ -50,7 +51,13 @@ def job_public(job: job_service.JobRecord) -> JobPublic:
         attempts=job.attempts,
         cancel_requested=job.cancel_requested,
         progress=(
-            {k: v for k, v in job.progress.items() if k not in job_service.INTERNAL_PROGRESS_KEYS}
+            JobProgress.model_validate(
+                {
+                    k: v
+                    for k, v in job.progress.items()
+                    if k not in job_service.INTERNAL_PROGRESS_KEYS
+                }
+            )
             if job.progress is not None
             else None
         ),

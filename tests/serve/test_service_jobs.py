@@ -372,3 +372,33 @@ def test_the_eta_follows_the_slow_stages_own_pace() -> None:
     guessed = eta(stage="propose", done=5, total=10, fraction=0.25, attempt_started_at=now - 30)
     assert guessed is not None and 89 <= guessed <= 91
     assert eta(stage="starting", done=0, total=0, fraction=0.0, attempt_started_at=now) is None
+
+
+def test_progress_is_typed_in_the_spec_and_reads_back_however_it_was_stored(
+    service: Service,
+) -> None:
+    import sqlalchemy as sa
+
+    from serve.db import jobs
+
+    spec = service.client.get("/openapi.json").json()
+    progress = spec["components"]["schemas"]["JobProgress"]["properties"]
+    assert {"stage", "done", "total", "fraction", "attempt", "stages"} <= progress.keys()
+
+    upload(service, ("a.png", png_bytes(1)))
+    job_id = submit(service).json()["id"]
+    # As an older version, or a stage with values of its own, may have stored it.
+    stored = {"stage": "train", "done": 3, "last_metrics": {"map50": 0.5}, "stage_started_at": 1.0}
+    with service.db.write() as connection:
+        connection.execute(sa.update(jobs).where(jobs.c.id == job_id).values(progress=stored))
+    answer = service.client.get(service.url(f"/jobs/{job_id}"), headers=service.headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["progress"] == {
+        "stage": "train",
+        "done": 3,
+        "total": 0,
+        "fraction": 0.0,
+        "attempt": 1,
+        "stages": {},
+        "last_metrics": {"map50": 0.5},
+    }
