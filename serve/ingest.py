@@ -39,6 +39,7 @@ __all__ = [
     "ACCEPTED_FORMATS",
     "DECODE_SLOTS",
     "DECODE_SLOT_COUNT",
+    "MEDIA_TYPES",
     "ImageInfo",
     "RejectedMember",
     "UploadBudget",
@@ -59,6 +60,14 @@ _EXTENSIONS = {
     "WEBP": ".webp",
     "BMP": ".bmp",
     "TIFF": ".tif",
+}
+# What a stored image is served as, by its extension.
+MEDIA_TYPES = {
+    ".jpg": "image/jpeg",
+    ".png": "image/png",
+    ".webp": "image/webp",
+    ".bmp": "image/bmp",
+    ".tif": "image/tiff",
 }
 # Only these decoders ever see uploaded bytes: Pillow's rarer plugins (EPS runs Ghostscript)
 # are attack surface that no labeling dataset needs.

@@ -6,11 +6,20 @@ from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, File, HTTPException, Query, Request, Response, UploadFile, status
+from fastapi.responses import FileResponse
 
 from labeler.exceptions import InputError
 from serve.deps import Db, Offset, ProjectId, ServiceSettings, run_in_app_pool
-from serve.images_store import IngestResult, StoredImage, get_images, ingest_files, ingest_urls
+from serve.images_store import (
+    IngestResult,
+    StoredImage,
+    blob_path,
+    get_images,
+    ingest_files,
+    ingest_urls,
+)
 from serve.images_store import list_images as list_stored_images
+from serve.ingest import MEDIA_TYPES
 from serve.schemas import (
     ImagePublic,
     ImageUploadResult,
@@ -126,3 +135,30 @@ def list_images(
 @router.get("/{image_id}", responses=error_responses(404))
 def get_image(db: Db, project_id: ProjectId, image_id: str) -> ImagePublic:
     return image_public(get_images(db, project_id=project_id, image_ids=[image_id])[0])
+
+
+@router.get(
+    "/{image_id}/file",
+    summary="Download the image's bytes, as uploaded",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {media_type: {} for media_type in sorted(set(MEDIA_TYPES.values()))}},
+        **error_responses(404),
+    },
+)
+def download_image(
+    db: Db, settings: ServiceSettings, project_id: ProjectId, image_id: str
+) -> FileResponse:
+    [image] = get_images(db, project_id=project_id, image_ids=[image_id])
+    path = blob_path(settings.data_dir, image.sha256, image.extension)
+    if not path.is_file():
+        # Its row is there but its file is not (a lost volume): the server's fault, said plainly.
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"image {image_id}: its file is missing on the server",
+        )
+    return FileResponse(
+        path,
+        media_type=MEDIA_TYPES.get(image.extension, "application/octet-stream"),
+        filename=image.filename,
+    )

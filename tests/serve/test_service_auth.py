@@ -100,6 +100,7 @@ def test_another_projects_key_gets_404_for_everything(service: Service) -> None:
         ("GET", "/images"),
         ("POST", "/images"),
         ("GET", f"/images/{image_ids[0]}"),
+        ("GET", f"/images/{image_ids[0]}/file"),
         ("POST", "/label-jobs"),
         ("GET", "/jobs"),
         ("GET", f"/jobs/{job['id']}"),
@@ -107,6 +108,7 @@ def test_another_projects_key_gets_404_for_everything(service: Service) -> None:
         ("GET", f"/jobs/{job['id']}/results"),
         ("GET", f"/jobs/{job['id']}/export"),
         ("GET", "/models"),
+        ("GET", "/promotions"),
         ("POST", "/predict"),
     ]
     for method, path in own_paths:
@@ -118,7 +120,7 @@ def test_another_projects_key_gets_404_for_everything(service: Service) -> None:
     # The intruder's own project does not see the job or image either, by id.
     other_id = service.client.get("/v1/projects", headers=intruder).json()[0]["id"]
     assert other_id != service.project_id
-    for path in (f"/jobs/{job['id']}", f"/images/{image_ids[0]}"):
+    for path in (f"/jobs/{job['id']}", f"/images/{image_ids[0]}", f"/images/{image_ids[0]}/file"):
         response = service.client.get(f"/v1/projects/{other_id}{path}", headers=intruder)
         assert response.status_code == 404
     submit = service.client.post(

@@ -402,3 +402,32 @@ def test_progress_is_typed_in_the_spec_and_reads_back_however_it_was_stored(
         "stages": {},
         "last_metrics": {"map50": 0.5},
     }
+
+
+def test_an_uploaded_image_downloads_as_it_was_uploaded(service: Service) -> None:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(buffer, format="JPEG")
+    photo, drawing = buffer.getvalue(), png_bytes(2)
+    photo_id, drawing_id = upload(service, ("photo.jpeg", photo), ("drawing.png", drawing))
+    for image_id, data, media_type, name in (
+        (photo_id, photo, "image/jpeg", "photo.jpeg"),
+        (drawing_id, drawing, "image/png", "drawing.png"),
+    ):
+        answer = service.client.get(
+            service.url(f"/images/{image_id}/file"), headers=service.headers
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.content == data
+        assert answer.headers["content-type"] == media_type
+        assert name in answer.headers["content-disposition"]
+    unknown = service.client.get(service.url("/images/img_nope/file"), headers=service.headers)
+    assert unknown.status_code == 404
+
+    # A file lost from the server's disk is said to be so, without the server's paths.
+    [blob] = (service.settings.data_dir / "blobs").rglob("*.jpg")  # the one JPEG
+    blob.unlink()
+    lost = service.client.get(service.url(f"/images/{photo_id}/file"), headers=service.headers)
+    assert lost.status_code == 503
+    assert lost.json()["detail"] == f"image {photo_id}: its file is missing on the server"
