@@ -117,6 +117,8 @@ class ExportSummary:
     background: int  # images with no box, over both splits
     out_dir: Path
     skipped: dict[str, str] = field(default_factory=dict)
+    # image sha256 -> where the image is in the dataset: "images/<split>/<file name>"
+    files: dict[str, str] = field(default_factory=dict)
 
     @property
     def data_yaml(self) -> Path:
@@ -493,12 +495,14 @@ def export_dataset(
         images: dict[str, int] = dict.fromkeys(SPLITS, 0)
         boxes: dict[str, int] = dict.fromkeys(SPLITS, 0)
         background = 0
+        files: dict[str, str] = {}
         for split in SPLITS:
             in_split = sorted(
                 (s for s in staged if splits[s.file_name] == split), key=lambda s: s.file_name
             )
             for entry in in_split:
                 (pending_dir / entry.file_name).rename(staging / "images" / split / entry.file_name)
+                files[entry.item.sha256] = f"images/{split}/{entry.file_name}"
                 label_name = Path(entry.file_name).stem + ".txt"
                 (staging / "labels" / split / label_name).write_text(_yolo_rows(entry))
                 boxes[split] += len(entry.xyxy)
@@ -524,5 +528,10 @@ def export_dataset(
         out_dir,
     )
     return ExportSummary(
-        images=images, boxes=boxes, background=background, out_dir=out_dir, skipped=skipped
+        images=images,
+        boxes=boxes,
+        background=background,
+        out_dir=out_dir,
+        skipped=skipped,
+        files=files,
     )

@@ -696,8 +696,13 @@ def run_label(
         }
         (config.out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (config.out_dir / "review.json").write_text(json.dumps(routed.review, indent=2) + "\n")
+        # Each line names its image in the dataset too (null for an image left out of it).
         (config.out_dir / LABELS_FILENAME).write_text(
-            "".join(json.dumps(record) + "\n" for record in routed.images)
+            "".join(
+                json.dumps({**record, "dataset_image": summary.files.get(record["image_sha256"])})
+                + "\n"
+                for record in routed.images
+            )
         )
         workspace.finish_run(run_id, report)
     return report

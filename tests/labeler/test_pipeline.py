@@ -160,6 +160,18 @@ def test_full_run_report_dataset_and_failures(
     assert len(label_lines) == 12
     assert sorted({line.split()[0] for line in label_lines}) == ["0", "2"]
     assert json.loads((out / "review.json").read_text()) == []
+    # labels.jsonl names each image where the dataset holds it (upright, so maybe re-encoded).
+    records = [json.loads(line) for line in (out / "labels.jsonl").read_text().splitlines()]
+    assert len(records) == 6
+    in_dataset = [record["dataset_image"] for record in records]
+    assert sorted(in_dataset) == sorted(
+        path.relative_to(out).as_posix()
+        for path in (out / "images").rglob("*")
+        if path.is_file() and not path.name.startswith(".")  # the exporter's marker
+    )
+    for record in records:
+        with Image.open(out / record["dataset_image"]) as image:
+            assert list(image.size) == record["image_wh"]
 
 
 def test_copies_of_one_image_are_labeled_once(

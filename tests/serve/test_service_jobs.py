@@ -251,8 +251,11 @@ def test_callers_never_see_the_servers_paths_or_model_locations(
     files = _zip_files(export.content)
     report = json.loads(files["report.json"])
     assert report["provenance"]["detector"] == "default" and "path" not in report["dataset"]
-    image_paths = [json.loads(line)["path"] for line in files["labels.jsonl"].splitlines()]
-    assert all(path.startswith("images/") for path in image_paths), image_paths
+    records = [json.loads(line) for line in files["labels.jsonl"].splitlines()]
+    assert all(record["path"].startswith("images/") for record in records), records
+    # Each line also names its image as the archive holds it.
+    in_archive = [record["dataset_image"] for record in records]
+    assert len(in_archive) == 2 and set(in_archive) <= files.keys(), in_archive
     for shown in (json.dumps(done), *(files[n].decode() for n in ("report.json", "review.json"))):
         assert not any(secret in shown for secret in private), shown[:2000]
 
