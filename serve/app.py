@@ -29,7 +29,8 @@ from labeler.exceptions import (
     PromptlabelError,
 )
 from labeler.settings import Settings
-from serve.db import Database
+from serve.db import LOOKUP_CONNECTIONS, Database
+from serve.fetch import DNS_LOOKUPS_AT_ONCE
 from serve.ingest import DECODE_SLOT_COUNT
 from serve.routes import health, images, jobs, models, projects
 from serve.schemas import error_responses
@@ -53,8 +54,8 @@ UPLOAD_PATHS = re.compile(r"/v1/projects/[^/]+/(images|predict)/?")
 APP_POOL_SIZES = {
     "predict": DECODE_SLOT_COUNT,
     "ingest": 2 * DECODE_SLOT_COUNT,
-    "fetch": 8,
-    "lookups": 8,
+    "fetch": DNS_LOOKUPS_AT_ONCE,
+    "lookups": LOOKUP_CONNECTIONS,
 }
 # Request methods the metrics name; any other (clients may send anything) counts as OTHER, so
 # that made-up methods cannot grow the metrics without bound.

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from labeler.exceptions import InputError, StoreError
 
 __all__ = [
+    "LOOKUP_CONNECTIONS",
     "SCHEMA_VERSION",
     "Database",
     "api_keys",
@@ -33,6 +34,7 @@ __all__ = [
     "normalize_database_url",
     "projects",
     "schema_info",
+    "sqlite_path",
 ]
 
 log = logging.getLogger(__name__)
@@ -154,6 +156,10 @@ def _sqlite_begin(connection: Connection) -> None:
     connection.exec_driver_sql(f"BEGIN {mode}")
 
 
+# Connections kept for fetch_one on PostgreSQL: a lookup holds one for about a millisecond.
+LOOKUP_CONNECTIONS = 8
+
+
 def sqlite_path(data_dir: Path) -> Path:
     """The SQLite database in a data folder: the service's database when no URL is set."""
     return data_dir / "promptlabel.db"
@@ -202,7 +208,7 @@ class Database:
             # fails the lookup itself, which then runs once more on a fresh one.
             self._lookup_engine = sa.create_engine(
                 url,
-                pool_size=min(pool_size, 8),  # a lookup holds its connection for a millisecond
+                pool_size=min(pool_size, LOOKUP_CONNECTIONS),
                 max_overflow=pool_size,
                 isolation_level="AUTOCOMMIT",
                 connect_args={"application_name": "promptlabel-lookups"},

@@ -42,6 +42,7 @@ import httpx
 from labeler.exceptions import InputError
 
 __all__ = [
+    "DNS_LOOKUPS_AT_ONCE",
     "FetchClient",
     "FetchedUrl",
     "Resolver",
@@ -471,7 +472,10 @@ def resolve_host(host: str, port: int) -> list[str]:
 # The deadline of the fetch running in this thread (sync httpcore does all I/O in the calling
 # thread); read by every connect/read/write so that timeout_s bounds the whole fetch.
 _DEADLINE: ContextVar[float | None] = ContextVar("promptlabel_fetch_deadline", default=None)
-_LOOKUPS = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns")
+DNS_LOOKUPS_AT_ONCE = 8
+_LOOKUPS = concurrent.futures.ThreadPoolExecutor(
+    max_workers=DNS_LOOKUPS_AT_ONCE, thread_name_prefix="dns"
+)
 
 
 class _AddressRefused(Exception):

@@ -32,6 +32,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, cast
 
+from PIL import Image
+
 from labeler.exceptions import ImageError, InputError
 from labeler.images import decode_image_bytes
 
@@ -61,17 +63,12 @@ _EXTENSIONS = {
     "BMP": ".bmp",
     "TIFF": ".tif",
 }
-# What a stored image is served as, by its extension.
-MEDIA_TYPES = {
-    ".jpg": "image/jpeg",
-    ".png": "image/png",
-    ".webp": "image/webp",
-    ".bmp": "image/bmp",
-    ".tif": "image/tiff",
-}
 # Only these decoders ever see uploaded bytes: Pillow's rarer plugins (EPS runs Ghostscript)
 # are attack surface that no labeling dataset needs.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
+Image.init()  # registers every format's media type in Image.MIME
+# What a stored image is served as, by its extension: its format's media type, as Pillow knows it.
+MEDIA_TYPES = {_EXTENSIONS[name]: Image.MIME[name] for name in ACCEPTED_FORMATS}
 _ACCEPTED = ", ".join(ACCEPTED_FORMATS)
 
 # (leading bytes, what the file is, whether it is an image in a format we do not accept)

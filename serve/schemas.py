@@ -11,6 +11,7 @@ __all__ = [
     "ErrorBody",
     "ImagePublic",
     "ImageUploadResult",
+    "JobProgressPublic",
     "JobPublic",
     "JobResultItem",
     "JobResultsPage",
@@ -23,7 +24,9 @@ __all__ = [
     "PromotionPublic",
     "RejectedUpload",
     "ServiceOptions",
+    "StageProgress",
     "TrainJobCreate",
+    "UploadedImage",
     "UrlFetchCreate",
     "as_datetime",
     "error_responses",
@@ -145,7 +148,7 @@ class StageProgress(BaseModel):
     total: int
 
 
-class JobProgress(BaseModel):
+class JobProgressPublic(BaseModel):
     """Where a running job is. Every field has a default, so progress stored by any version
     reads back; stage-specific values (training's ``last_metrics``) come as extra fields."""
 
@@ -175,7 +178,7 @@ class JobPublic(BaseModel):
     params: dict[str, Any]
     attempts: int
     cancel_requested: bool
-    progress: JobProgress | None
+    progress: JobProgressPublic | None
     eta_s: float | None = Field(description="Seconds to go, from the pace so far; null if unknown.")
     result: dict[str, Any] | None = Field(
         description="Once succeeded. Labeling: labels per status and class, verifier calls and "

@@ -140,7 +140,6 @@ class JobContext:
     progress: JobProgress
 
 
-# Share of a labeling job's work per stage, for the ETA (propose and verify dominate).
 # Shares of a job's fraction done: a labeling job's stages, then a training job's ("export" is in
 # both: the dataset, or the ONNX file).
 _STAGE_WEIGHTS = {

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 from serve import jobs as job_service
 from serve.deps import Db, Offset, ProjectId, ServiceSettings
 from serve.schemas import (
-    JobProgress,
+    JobProgressPublic,
     JobPublic,
     JobResultItem,
     JobResultsPage,
@@ -51,7 +51,7 @@ def job_public(job: job_service.JobRecord) -> JobPublic:
         attempts=job.attempts,
         cancel_requested=job.cancel_requested,
         progress=(
-            JobProgress.model_validate(
+            JobProgressPublic.model_validate(
                 {
                     k: v
                     for k, v in job.progress.items()

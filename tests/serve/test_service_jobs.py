@@ -385,7 +385,7 @@ def test_progress_is_typed_in_the_spec_and_reads_back_however_it_was_stored(
     from serve.db import jobs
 
     spec = service.client.get("/openapi.json").json()
-    progress = spec["components"]["schemas"]["JobProgress"]["properties"]
+    progress = spec["components"]["schemas"]["JobProgressPublic"]["properties"]
     assert {"stage", "done", "total", "fraction", "attempt", "stages"} <= progress.keys()
 
     upload(service, ("a.png", png_bytes(1)))
