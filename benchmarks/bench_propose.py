@@ -40,9 +40,9 @@ from transformers import (
     GroundingDinoProcessor,
 )
 
+from labeler.demo.tiny_models import build_bert_tokenizer, build_tiny_grounding_dino
 from labeler.ontology import Ontology
-from labeler.propose import DetectorOptions, load_detector
-from labeler.tiny_models import build_bert_tokenizer, build_tiny_grounding_dino
+from labeler.propose.detector import DetectorOptions, load_detector
 
 CLASSES = {"person": "person", "car": "car", "dog": "dog", "forklift": "forklift"}
 

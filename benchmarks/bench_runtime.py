@@ -47,8 +47,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.fakes
 
-from labeler.synthetic import make_shapes_image
-from serve.runtime import letterbox_geometry, letterbox_image, load_runtime
+from labeler.demo.synthetic import make_shapes_image
+from serve.runtime.onnx import letterbox_geometry, letterbox_image, load_runtime
 from tests.fakes.students import build_student, export_onnx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ PEAK_RSS_SCRIPT = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, BlockHeavyImports())
-    from serve.runtime import load_runtime
+    from serve.runtime.onnx import load_runtime
 
     detector = load_runtime(sys.argv[1], conf=float(sys.argv[2]))
     for path in sys.argv[3:]:

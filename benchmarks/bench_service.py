@@ -15,7 +15,7 @@ of that database, dropped afterwards, so the same database can be used again).
    benchmarks/bench_runtime.py) exported to ONNX at 640, imported into the project's registry and
    promoted. One client POSTs the same 1280x720 JPEG to ``/predict``, as the raw body and as a
    multipart form; the bare device runtime runs the route's own steps without HTTP in this
-   process (``serve.runtime.read_image_bytes`` on the same bytes,
+   process (``serve.runtime.onnx.read_image_bytes`` on the same bytes,
    ``load_runtime(onnx, conf=0.1).predict([image])``, boxes over 0.25).
    Both use onnxruntime's default thread count (one per physical core: the route calls
    ``load_runtime`` without ``threads``, and so does this script), and all are interleaved
@@ -76,11 +76,11 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # for tests.fakes
 
-from labeler.synthetic import make_shapes_image  # noqa: E402
+from labeler.demo.synthetic import make_shapes_image  # noqa: E402
 from tests.fakes.postgres import scratch_schema  # noqa: E402
 
 PARTS = ("submissions", "predict", "workers")
-CLI = [sys.executable, "-c", "from serve.cli import main; main()"]
+CLI = [sys.executable, "-c", "from serve.cli.main import main; main()"]
 ONTOLOGY_YAML = "classes:\n  shape: a shape\n"
 CONF = 0.25  # the predict route's default score threshold
 
@@ -93,7 +93,7 @@ BUILD_SCRIPT = textwrap.dedent(
 
     what, out = sys.argv[1], Path(sys.argv[2])
     if what == "detector":
-        from labeler.tiny_models import build_tiny_grounding_dino
+        from labeler.demo.tiny_models import build_tiny_grounding_dino
 
         build_tiny_grounding_dino(out)
     else:
@@ -617,7 +617,7 @@ def jpeg_bytes(image_wh: tuple[int, int]) -> bytes:
 def register_production(data_dir: Path, project_id: str, onnx_path: Path) -> str:
     """Import the ONNX file into the project's registry and make it production."""
     from distill.registry import Registry
-    from serve.worker import registry_dir
+    from serve.jobs.worker import registry_dir
 
     def no_evaluation(*_: Any, **__: Any) -> dict[str, Any]:
         raise AssertionError("the first promotion compares with nothing")
@@ -632,7 +632,7 @@ def register_production(data_dir: Path, project_id: str, onnx_path: Path) -> str
 
 def bench_predict(args: argparse.Namespace, folder: Path, onnx_path: Path) -> bool:
     from labeler.settings import Settings
-    from serve.runtime import load_runtime, read_image_bytes
+    from serve.runtime.onnx import load_runtime, read_image_bytes
 
     data = jpeg_bytes((args.width, args.height))
     request = httpx.Request("POST", "http://x/", files={"file": ("frame.jpg", data, "image/jpeg")})

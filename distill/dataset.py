@@ -30,7 +30,7 @@ import numpy.typing as npt
 import yaml
 from PIL import Image
 
-from labeler.exceptions import InputError
+from labeler.core.exceptions import InputError
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -43,8 +43,8 @@ from PIL import Image
 
 from distill.dataset import DatasetInfo, check_dataset, label_path_for, read_label_file
 from distill.ultralytics_env import load_yolo, quiet_ultralytics, ultralytics_device
-from labeler.detections import Detections
-from labeler.exceptions import InputError
+from labeler.core.detections import Detections
+from labeler.core.exceptions import InputError
 
 __all__ = ["EvalResult", "evaluate", "from_ultralytics", "score_detections"]
 

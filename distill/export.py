@@ -34,8 +34,8 @@ import numpy as np
 import numpy.typing as npt
 
 from distill.ultralytics_env import import_ultralytics, load_yolo, quiet_ultralytics
-from labeler.exceptions import InputError, ModelLoadError
-from labeler.files import copy_atomically
+from labeler.core.exceptions import InputError, ModelLoadError
+from labeler.core.files import copy_atomically
 
 __all__ = [
     "DEFAULT_ATOL",
@@ -251,7 +251,7 @@ def sample_batch(imgsz: int, batch: int = 1) -> npt.NDArray[np.float32]:
 
     Shapes on a texture give a model activations like real images do, unlike uniform noise.
     """
-    from labeler.synthetic import make_shapes_image
+    from labeler.demo.synthetic import make_shapes_image
 
     rng = np.random.default_rng(_SAMPLE_SEED)
     images = [

@@ -54,9 +54,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from labeler.exceptions import InputError, ModelLoadError, StoreError
-from labeler.images import sha256_file
-from labeler.sqlite import SqliteFile
+from labeler.core.exceptions import InputError, ModelLoadError, StoreError
+from labeler.core.images import sha256_file
+from labeler.store.sqlite import SqliteFile
 
 __all__ = [
     "DB_NAME",

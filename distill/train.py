@@ -38,7 +38,7 @@ from distill.ultralytics_env import (
     quiet_ultralytics,
     ultralytics_device,
 )
-from labeler.exceptions import InputError, ModelLoadError
+from labeler.core.exceptions import InputError, ModelLoadError
 from labeler.settings import get_settings
 
 __all__ = [

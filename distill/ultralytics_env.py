@@ -33,8 +33,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from labeler.exceptions import InputError, ModelLoadError
-from labeler.files import copy_atomically
+from labeler.core.exceptions import InputError, ModelLoadError
+from labeler.core.files import copy_atomically
 
 __all__ = [
     "ENV_DEFAULTS",

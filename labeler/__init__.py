@@ -1,7 +1,7 @@
 """promptlabel's labeler: class prompts in, verified labels and a training-ready dataset out.
 
 Light names are imported eagerly; the ones that pull in torch, transformers or the HTTP client load
-on first use, so ``import labeler.detections`` stays cheap for the device runtime.
+on first use, so ``import labeler.core.detections`` stays cheap for the device runtime.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from labeler.detections import Detections
-from labeler.exceptions import (
+from labeler.core.detections import Detections
+from labeler.core.exceptions import (
     ImageError,
     InputError,
     ModelLoadError,
@@ -23,16 +23,16 @@ from labeler.exceptions import (
 from labeler.ontology import Ontology, OntologyClass, load_ontology, parse_ontology
 
 _LAZY = {
-    "DetectorOptions": "labeler.detector_options",
-    "load_detector": "labeler.propose",
+    "DetectorOptions": "labeler.propose.options",
+    "load_detector": "labeler.propose.detector",
     "load_verifier": "labeler.verify",
-    "ExportItem": "labeler.export",
-    "export_dataset": "labeler.export",
+    "ExportItem": "labeler.export.dataset",
+    "export_dataset": "labeler.export.dataset",
     "LabelConfig": "labeler.pipeline",
     "run_label": "labeler.pipeline",
     "RouteThresholds": "labeler.route",
     "Status": "labeler.route",
-    "Workspace": "labeler.store",
+    "Workspace": "labeler.store.workspace",
 }
 
 __all__ = [

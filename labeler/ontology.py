@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from labeler.exceptions import OntologyError
+from labeler.core.exceptions import OntologyError
 
 __all__ = ["Ontology", "OntologyClass", "load_ontology", "ontology_from_data", "parse_ontology"]
 

@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from labeler.detections import Detections
-from labeler.detector_options import DetectorOptions
-from labeler.exceptions import DetectorError, ImageError, InputError
-from labeler.export import ExportItem, export_dataset
-from labeler.images import LoadedImage, iter_image_paths, load_image, sha256_file
+from labeler.core.detections import Detections
+from labeler.core.exceptions import DetectorError, ImageError, InputError
+from labeler.core.images import LoadedImage, iter_image_paths, load_image, sha256_file
+from labeler.export.dataset import ExportItem, export_dataset
 from labeler.ontology import Ontology
+from labeler.propose.options import DetectorOptions
 from labeler.route import RouteThresholds, Status, route
-from labeler.store import LabelRow, StoredVerdict, Workspace
+from labeler.store.workspace import LabelRow, StoredVerdict, Workspace
 from labeler.verify import (
     check_verifier_spec,
     parse_verifier_spec,
@@ -40,7 +40,7 @@ from labeler.verify.identity import VerifierIdentity, verifier_identity
 if TYPE_CHECKING:
     import httpx
 
-    from labeler.propose import Detector
+    from labeler.propose.detector import Detector
     from labeler.verify import Verdict, Verifier
 
 __all__ = ["LABELS_FILENAME", "LabelConfig", "ProgressSink", "propose_key", "run_label"]
@@ -252,7 +252,7 @@ def _propose(
     if not pending:
         return None
     if detector is None:
-        from labeler.propose import load_detector
+        from labeler.propose.detector import load_detector
 
         detector = load_detector(config.detector, config.detector_options)
     batches = list(_chunks(pending, config.detector_options.batch_size))

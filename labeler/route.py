@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from labeler.exceptions import InputError
+from labeler.core.exceptions import InputError
 
 __all__ = ["RouteDecision", "RouteThresholds", "Status", "route"]
 

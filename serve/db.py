@@ -1,8 +1,8 @@
 """The service database: one schema for SQLite and PostgreSQL, and how to open it.
 
 Everything the service knows about projects, keys, images and jobs lives here; the job table is
-also the job queue (see ``serve.queue``), so job state has exactly one source of truth. Times are
-UNIX seconds (float) taken from the clock of the process that writes them.
+also the job queue (see ``serve.jobs.queue``), so job state has exactly one source of truth.
+Times are UNIX seconds (float) taken from the clock of the process that writes them.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from labeler.exceptions import InputError, StoreError
+from labeler.core.exceptions import InputError, StoreError
 
 __all__ = [
     "LOOKUP_CONNECTIONS",

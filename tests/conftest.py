@@ -20,6 +20,6 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_detector_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Grounding DINO checkpoint saved with save_pretrained, built once."""
-    from labeler.tiny_models import build_tiny_grounding_dino
+    from labeler.demo.tiny_models import build_tiny_grounding_dino
 
     return build_tiny_grounding_dino(tmp_path_factory.mktemp("tiny-gdino"))

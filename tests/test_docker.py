@@ -18,7 +18,7 @@ import typer
 import yaml
 
 from labeler.settings import Settings
-from serve.cli import app
+from serve.cli.main import app
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*"))

@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from labeler.exceptions import InputError
+from labeler.core.exceptions import InputError
 from labeler.ontology import OntologyClass
 from labeler.verify.parse import Answer, ScoredToken, marks_yes_probs, parse_marks, parse_yes_no
 from labeler.verify.render import CropOptions, MarksOptions, crop_with_context, draw_marks

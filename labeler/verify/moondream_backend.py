@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from labeler.exceptions import InputError, VerifierError, VerifierRateLimited
+from labeler.core.exceptions import InputError, VerifierError, VerifierRateLimited
 from labeler.verify.base import Completion, VerifierBase
 from labeler.verify.http_client import verifier_http_client
 from labeler.verify.identity import MOONDREAM_DEFAULT_ENDPOINT as DEFAULT_ENDPOINT

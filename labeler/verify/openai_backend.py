@@ -20,7 +20,7 @@ import openai
 from openai.types.chat import ChatCompletion
 from PIL import Image
 
-from labeler.exceptions import InputError, VerifierError
+from labeler.core.exceptions import InputError, VerifierError
 from labeler.verify.base import Completion, VerifierBase
 from labeler.verify.http_client import verifier_http_client
 from labeler.verify.identity import openai_base_url

@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from labeler.exceptions import ModelLoadError
+from labeler.core.exceptions import ModelLoadError
 from labeler.verify.base import Completion, LoopLocal, VerifierBase
 from labeler.verify.parse import ScoredToken, normalize_token
 

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from distill.train import TrainResult, train
-from labeler.export import ExportSummary, export_dataset
-from labeler.synthetic import SHAPE_CLASSES, write_shapes_items
+from labeler.demo.synthetic import SHAPE_CLASSES, write_shapes_items
+from labeler.export.dataset import ExportSummary, export_dataset
 
 STUDENT_EPOCHS = 3
 STUDENT_IMGSZ = 64

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from distill.dataset import check_dataset, label_path_for, read_label_file
-from labeler.exceptions import InputError
-from labeler.synthetic import SHAPE_CLASSES
+from labeler.core.exceptions import InputError
+from labeler.demo.synthetic import SHAPE_CLASSES
 from tests.distill.conftest import ShapesDataset
 
 GOOD_YAML = "train: images/train\nval: images/val\nnames: {0: cat, 1: dog}\n"

@@ -28,11 +28,11 @@ import pytest
 
 import distill.evaluate as evaluate_module
 from distill.evaluate import EvalResult, evaluate, from_ultralytics, score_detections
-from labeler.detections import Detections
-from labeler.exceptions import InputError, ModelLoadError
-from labeler.export import ExportItem, export_dataset
-from labeler.images import sha256_file
-from labeler.synthetic import SHAPE_CLASSES, make_shapes_image
+from labeler.core.detections import Detections
+from labeler.core.exceptions import InputError, ModelLoadError
+from labeler.core.images import sha256_file
+from labeler.demo.synthetic import SHAPE_CLASSES, make_shapes_image
+from labeler.export.dataset import ExportItem, export_dataset
 from tests.distill.conftest import STUDENT_IMGSZ, ShapesDataset, Student
 from tests.fakes.students import overfit_student
 

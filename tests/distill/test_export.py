@@ -23,8 +23,8 @@ from distill.export import (
     sample_batch,
     verify_onnx,
 )
-from labeler.exceptions import InputError, ModelLoadError
-from labeler.synthetic import SHAPE_CLASSES
+from labeler.core.exceptions import InputError, ModelLoadError
+from labeler.demo.synthetic import SHAPE_CLASSES
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

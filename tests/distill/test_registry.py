@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from distill.registry import DB_NAME, EvalSet, ModelVersion, Registry, evaluation_metrics
-from labeler.exceptions import InputError, ModelLoadError, StoreError
+from labeler.core.exceptions import InputError, ModelLoadError, StoreError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from distill.dataset import check_dataset
 from distill.train import RUN_FILE, new_run_dir, normalize_metrics, train
-from labeler.exceptions import InputError, ModelLoadError
+from labeler.core.exceptions import InputError, ModelLoadError
 from labeler.settings import get_settings
 from tests.distill.conftest import (
     STUDENT_EPOCHS,

@@ -44,7 +44,7 @@ def build_student(
     import yaml
     from ultralytics.nn.tasks import yaml_model_load
 
-    from labeler.synthetic import make_shapes_image
+    from labeler.demo.synthetic import make_shapes_image
 
     out_dir.mkdir(parents=True, exist_ok=True)
     config = yaml_model_load("yolo11n.yaml")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from labeler.exceptions import OntologyError
+from labeler.core.exceptions import OntologyError
 from labeler.ontology import Ontology, load_ontology, parse_ontology
 
 PROMPTS = Path(__file__).resolve().parents[2] / "prompts" / "ontologies"

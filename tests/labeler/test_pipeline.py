@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from labeler.detections import Detections
-from labeler.exceptions import DetectorError
+from labeler.core.detections import Detections
+from labeler.core.exceptions import DetectorError
+from labeler.demo.synthetic import write_sample_images
 from labeler.ontology import Ontology, parse_ontology
 from labeler.pipeline import LabelConfig, run_label
-from labeler.propose import DetectorOptions
+from labeler.propose.detector import DetectorOptions
 from labeler.route import RouteThresholds
-from labeler.synthetic import write_sample_images
 from tests.fakes.vlm_server import FakeVLMServer, Fault, RecordedRequest
 
 ONTOLOGY = parse_ontology(
@@ -301,7 +301,7 @@ def _answer_by_crop(request: RecordedRequest) -> str:
 
 def _label_cmd(images: Path, out: Path, ontology: Path, detector: Path, url: str) -> list[str]:
     return [
-        sys.executable, "-c", "from serve.cli import main; main()",
+        sys.executable, "-c", "from serve.cli.main import main; main()",
         "label", str(images), "--ontology", str(ontology), "--out", str(out),
         "--detector", str(detector), "--box-threshold", "0", "--text-threshold", "0",
         "--max-det", "4", "--verifier", "openai:fake-vlm", "--verifier-url", url,
@@ -503,7 +503,7 @@ def test_an_image_the_detector_cannot_take_fails_alone(
 def test_an_output_folder_holding_the_images_is_refused(
     images_dir: Path, server: FakeVLMServer
 ) -> None:
-    from labeler.exceptions import InputError
+    from labeler.core.exceptions import InputError
 
     for out in (images_dir, images_dir.parent):
         with pytest.raises(InputError, match="holds the images folder"):

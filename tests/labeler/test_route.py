@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from labeler.exceptions import InputError
+from labeler.core.exceptions import InputError
 from labeler.route import RouteThresholds, Status, route
 
 DEFAULT = RouteThresholds(accept=0.7, reject=0.3)

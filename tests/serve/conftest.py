@@ -17,10 +17,10 @@ from fastapi.testclient import TestClient
 
 from labeler.ontology import Ontology
 from labeler.settings import Settings
-from serve.app import create_app
-from serve.auth import create_api_key, create_project
+from serve.api.app import create_app
+from serve.api.auth import create_api_key, create_project
 from serve.db import Database
-from serve.worker import Worker
+from serve.jobs.worker import Worker
 from tests.fakes.postgres import scratch_schema
 from tests.fakes.students import build_student, export_onnx
 from tests.fakes.vlm_server import FakeVLMServer, RecordedRequest
@@ -56,7 +56,7 @@ def sample_images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """
     from PIL import Image
 
-    from labeler.synthetic import make_shapes_image
+    from labeler.demo.synthetic import make_shapes_image
 
     folder = tmp_path_factory.mktemp("runtime-images")
     rng = np.random.default_rng(7)
@@ -175,7 +175,7 @@ class Service:
     def promote_onnx(self, onnx_path: Path) -> str:
         """Import an exported model into the project's registry as production; its version."""
         from distill.registry import Registry
-        from serve.worker import registry_dir
+        from serve.jobs.worker import registry_dir
 
         with Registry(registry_dir(self.settings.data_dir, self.project_id)) as registry:
             version = registry.import_model(onnx_path).version
@@ -216,7 +216,7 @@ def service(service_settings: Settings) -> Iterator[Service]:
 
 def png_bytes(seed: int = 0, size: tuple[int, int] = (96, 72)) -> bytes:
     """A small PNG of shapes on a textured background; the same seed gives the same bytes."""
-    from labeler.synthetic import make_shapes_image
+    from labeler.demo.synthetic import make_shapes_image
 
     image, _ = make_shapes_image(np.random.default_rng(seed), size, n_shapes=2)
     buffer = io.BytesIO()

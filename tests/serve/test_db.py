@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from labeler.settings import Settings
-from serve.app import create_app
+from serve.api.app import create_app
 from serve.db import Database, projects
 
 

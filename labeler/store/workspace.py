@@ -1,0 +1,318 @@
+"""The workspace: a SQLite database of images, proposals, verdicts and routed labels.
+
+Every unit of work (an image's proposals, a box's verdict) is committed on its own, so a run killed
+at any point resumes without repeating finished work. Images are keyed by content hash; a file whose
+size and mtime are unchanged is not hashed again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labeler.core.detections import Detections
+from labeler.store.sqlite import SqliteFile
+
+__all__ = ["FileRecord", "LabelRow", "StoredVerdict", "Workspace"]
+
+SCHEMA_VERSION = 1
+DB_NAME = "workspace.db"
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,
+    sha256 TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    error_reason TEXT,
+    error_detail TEXT
+)""",
+    """CREATE TABLE IF NOT EXISTS images (
+    sha256 TEXT PRIMARY KEY,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS proposal_sets (
+    image_sha256 TEXT NOT NULL,
+    propose_key TEXT NOT NULL,
+    n_boxes INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (image_sha256, propose_key)
+)""",
+    """CREATE TABLE IF NOT EXISTS proposals (
+    id INTEGER PRIMARY KEY,
+    image_sha256 TEXT NOT NULL,
+    propose_key TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    class_id INTEGER NOT NULL,
+    class_name TEXT NOT NULL,
+    x1 REAL NOT NULL, y1 REAL NOT NULL, x2 REAL NOT NULL, y2 REAL NOT NULL,
+    score REAL NOT NULL,
+    box_score REAL NOT NULL,
+    UNIQUE (image_sha256, propose_key, idx)
+)""",
+    """CREATE TABLE IF NOT EXISTS verdicts (
+    cache_key TEXT PRIMARY KEY,
+    answer TEXT NOT NULL,
+    yes_prob REAL,
+    raw TEXT NOT NULL,
+    error TEXT,
+    model_id TEXT NOT NULL,
+    template_id TEXT NOT NULL,
+    template_hash TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    question TEXT NOT NULL,
+    created_at TEXT NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    config TEXT NOT NULL,
+    report TEXT
+)""",
+    """CREATE TABLE IF NOT EXISTS labels (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    proposal_id INTEGER NOT NULL REFERENCES proposals(id),
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    verdict_key TEXT,
+    PRIMARY KEY (run_id, proposal_id)
+)""",
+)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    path: str
+    sha256: str
+    error_reason: str | None
+    error_detail: str | None
+
+
+@dataclass(frozen=True)
+class StoredVerdict:
+    cache_key: str
+    answer: str
+    yes_prob: float | None
+    raw: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    proposal_id: int
+    status: str
+    reason: str
+    verdict_key: str | None
+
+
+class Workspace(SqliteFile):
+    """A workspace folder holding ``workspace.db``; use as a context manager."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        super().__init__(
+            self.directory / DB_NAME,
+            schema=_SCHEMA,
+            schema_version=SCHEMA_VERSION,
+            what="workspace database",
+            advice="use a new --workspace",
+        )
+
+    # -- files and images -------------------------------------------------------------------------
+
+    def known_file(self, path: str, *, size_bytes: int, mtime_ns: int) -> FileRecord | None:
+        """The stored record of ``path`` if its size and mtime are unchanged, else None."""
+        row = self._db.execute(
+            "SELECT sha256, error_reason, error_detail FROM files "
+            "WHERE path=? AND size_bytes=? AND mtime_ns=?",
+            (path, size_bytes, mtime_ns),
+        ).fetchone()
+        return None if row is None else FileRecord(path, row[0], row[1], row[2])
+
+    def record_file(
+        self,
+        path: str,
+        *,
+        sha256: str,
+        size_bytes: int,
+        mtime_ns: int,
+        error_reason: str | None = None,
+        error_detail: str | None = None,
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+                "sha256=excluded.sha256, size_bytes=excluded.size_bytes, "
+                "mtime_ns=excluded.mtime_ns, error_reason=excluded.error_reason, "
+                "error_detail=excluded.error_detail",
+                (path, sha256, size_bytes, mtime_ns, error_reason, error_detail),
+            )
+
+    def forget_file(self, path: str) -> None:
+        """Drop what is known of ``path``: the next scan reads and hashes it again."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM files WHERE path=?", (path,))
+
+    def record_file_error(self, path: str, *, reason: str, detail: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE files SET error_reason=?, error_detail=? WHERE path=?",
+                (reason, detail, path),
+            )
+
+    def record_image(self, sha256: str, image_wh: tuple[int, int]) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO images VALUES (?, ?, ?)", (sha256, image_wh[0], image_wh[1])
+            )
+
+    def image_sizes(self, sha256s: Iterable[str]) -> dict[str, tuple[int, int]]:
+        wanted = set(sha256s)
+        rows = self._db.execute("SELECT sha256, width, height FROM images").fetchall()
+        return {sha: (w, h) for sha, w, h in rows if sha in wanted}
+
+    # -- proposals --------------------------------------------------------------------------------
+
+    def proposed_images(self, propose_key: str) -> set[str]:
+        rows = self._db.execute(
+            "SELECT image_sha256 FROM proposal_sets WHERE propose_key=?", (propose_key,)
+        ).fetchall()
+        return {row[0] for row in rows}
+
+    def save_proposals(
+        self,
+        image_sha256: str,
+        propose_key: str,
+        detections: Detections,
+        class_names: Sequence[str],
+    ) -> None:
+        """Store one image's proposals and mark the image done, atomically."""
+        box_scores = detections.data.get("box_score", detections.confidence)
+        rows = [
+            (
+                image_sha256,
+                propose_key,
+                i,
+                int(detections.class_id[i]),
+                class_names[int(detections.class_id[i])],
+                *(float(v) for v in detections.xyxy[i]),
+                float(detections.confidence[i]),
+                float(box_scores[i]),
+            )
+            for i in range(len(detections))
+        ]
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO proposals (image_sha256, propose_key, idx, class_id, "
+                "class_name, x1, y1, x2, y2, score, box_score) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO proposal_sets VALUES (?, ?, ?, ?)",
+                (image_sha256, propose_key, len(rows), _now()),
+            )
+
+    def load_proposals(self, image_sha256: str, propose_key: str) -> Detections:
+        """The stored proposals of one image; ``data['proposal_id']`` holds their row ids."""
+        rows = self._db.execute(
+            "SELECT id, class_id, x1, y1, x2, y2, score, box_score FROM proposals "
+            "WHERE image_sha256=? AND propose_key=? ORDER BY idx",
+            (image_sha256, propose_key),
+        ).fetchall()
+        if not rows:
+            empty = Detections.empty()
+            empty.data = {
+                "proposal_id": np.zeros(0, np.int64),
+                "box_score": np.zeros(0, np.float32),
+            }
+            return empty
+        table = np.asarray(rows, dtype=np.float64)
+        return Detections(
+            xyxy=table[:, 2:6].astype(np.float32),
+            class_id=table[:, 1].astype(np.int64),
+            confidence=table[:, 6].astype(np.float32),
+            data={
+                "proposal_id": table[:, 0].astype(np.int64),
+                "box_score": table[:, 7].astype(np.float32),
+            },
+        )
+
+    # -- verdicts (the verifier cache) ------------------------------------------------------------
+
+    def get_verdicts(self, cache_keys: Iterable[str]) -> dict[str, StoredVerdict]:
+        keys = list(dict.fromkeys(cache_keys))
+        found: dict[str, StoredVerdict] = {}
+        # SQLite limits bound parameters per statement; 500 stays well below every build's limit.
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._db.execute(
+                f"SELECT cache_key, answer, yes_prob, raw, error FROM verdicts "
+                f"WHERE cache_key IN ({marks})",
+                chunk,
+            ):
+                found[row[0]] = StoredVerdict(*row)
+        return found
+
+    def save_verdicts(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Store verdicts; each row has cache_key, answer, yes_prob, raw, error, model_id,
+        template_id, template_hash, mode and question."""
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO verdicts VALUES (:cache_key, :answer, :yes_prob, :raw, "
+                ":error, :model_id, :template_id, :template_hash, :mode, :question, :created_at)",
+                [{**row, "created_at": _now()} for row in rows],
+            )
+
+    # -- runs and routed labels -------------------------------------------------------------------
+
+    def start_run(self, config: dict[str, Any]) -> int:
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO runs (started_at, config) VALUES (?, ?)",
+                (_now(), json.dumps(config, sort_keys=True, default=str)),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def save_labels(self, run_id: int, rows: Sequence[LabelRow]) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM labels WHERE run_id=?", (run_id,))
+            db.executemany(
+                "INSERT INTO labels VALUES (?, ?, ?, ?, ?)",
+                [(run_id, r.proposal_id, r.status, r.reason, r.verdict_key) for r in rows],
+            )
+
+    def finish_run(self, run_id: int, report: dict[str, Any]) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE runs SET finished_at=?, report=? WHERE id=?",
+                (_now(), json.dumps(report, sort_keys=True, default=str), run_id),
+            )
+
+    def count_rows(self, table: str) -> int:
+        """Row count of a workspace table (for reports and tests)."""
+        if table not in {
+            "files",
+            "images",
+            "proposals",
+            "proposal_sets",
+            "verdicts",
+            "runs",
+            "labels",
+        }:
+            raise ValueError(f"unknown table {table!r}")
+        row = self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+        return int(row[0])

@@ -1,0 +1,359 @@
+"""The project's model registry and predictions with its production model."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
+
+from labeler.core.exceptions import (
+    ConflictError,
+    ImageError,
+    InputError,
+    ModelLoadError,
+    NotFoundError,
+)
+from labeler.settings import Settings
+from serve.api.deps import Db, ProjectId, ServiceSettings, run_in_app_pool
+from serve.api.schemas import ModelPublic, PredictResult, PromotionPublic, error_responses
+from serve.ingest.uploads import ACCEPTED_FORMATS, DECODE_SLOTS
+from serve.jobs.service import without_data_dir
+from serve.jobs.worker import registry_dir
+from serve.runtime.onnx import OnnxDetector, load_runtime, read_image_bytes
+
+if TYPE_CHECKING:
+    from distill.registry import ModelVersion, PromotionDecision, Registry
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/projects/{project_id}", tags=["models"])
+# The app matches this one's routes before any other's (see create_app).
+predict_router = APIRouter(prefix="/v1/projects/{project_id}", tags=["models"])
+_ERRORS = error_responses(404, 409, 422)
+
+
+def _registry(data_dir: Path, project_id: str) -> Registry:
+    from distill.registry import Registry
+
+    return Registry(registry_dir(data_dir, project_id))
+
+
+def _model_public(version: ModelVersion) -> ModelPublic:
+    return ModelPublic(
+        version=version.version,
+        stage=version.stage,
+        source=version.source,
+        created_at=version.created_at,
+        metrics={k: v for k, v in version.metrics.items() if k != "data"},
+        artifacts=sorted(version.artifacts),
+        parent=version.parent,
+    )
+
+
+# The gate names the data.yaml it scored on, a file in a labeling job's folder on the server.
+_JOB_DATASET = re.compile(r"\S*?\bjobs[/\\](job_[0-9a-f]+)[/\\]dataset[/\\]data\.yaml")
+
+
+def _promotion_public(decision: PromotionDecision, data_dir: Path) -> PromotionPublic:
+    # The folder goes first: a folder name may hold spaces, which the pattern does not cross.
+    reason = without_data_dir(decision.reason, data_dir)
+    return PromotionPublic(
+        candidate=decision.version,
+        production_before=decision.previous_production,
+        promoted=decision.promoted,
+        forced=decision.forced,
+        reason=_JOB_DATASET.sub(r"the dataset of labeling job \1", reason),
+        candidate_map50_95=decision.candidate_map50_95,
+        production_map50_95=decision.production_map50_95,
+        tolerance=decision.tolerance,
+        production_reevaluated=decision.production_reevaluated,
+        created_at=decision.created_at,
+    )
+
+
+def _get_version(registry: Registry, version: str) -> ModelVersion:
+    try:
+        return registry.get(version)
+    except InputError:
+        raise NotFoundError(f"no model {version!r} in this project") from None
+
+
+@router.get("/models", summary="Registered models, oldest first")
+def list_models(db: Db, settings: ServiceSettings, project_id: ProjectId) -> list[ModelPublic]:
+    with _registry(settings.data_dir, project_id) as registry:
+        return [_model_public(v) for v in registry.list()]
+
+
+@router.get("/models/{version}", summary="One model: metrics and artifacts", responses=_ERRORS)
+def get_model(settings: ServiceSettings, project_id: ProjectId, version: str) -> ModelPublic:
+    with _registry(settings.data_dir, project_id) as registry:
+        return _model_public(_get_version(registry, version))
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    force: bool = Field(
+        default=False, description="Promote even when the gate refuses (recorded as forced)."
+    )
+
+
+@router.post(
+    "/models/{version}/promote",
+    summary="Make a model production if it scores no worse than the current one",
+    responses=_ERRORS,
+)
+def promote_model(
+    settings: ServiceSettings,
+    project_id: ProjectId,
+    version: str,
+    request: Annotated[PromoteRequest | None, Body()] = None,
+) -> PromotionPublic:
+    """No body (or ``{}``) is the gated promotion; ``{"force": true}`` overrides the gate."""
+    force = request is not None and request.force
+    from distill.registry import evaluation_metrics
+
+    with _registry(settings.data_dir, project_id) as registry:
+        _get_version(registry, version)
+        decision = registry.promote(
+            version,
+            evaluate=partial(evaluation_metrics, device=settings.service_device),
+            tolerance=settings.promote_tolerance,
+            force=force,
+        )
+    PREDICTORS.forget(project_id)
+    return _promotion_public(decision, settings.data_dir)
+
+
+@router.get(
+    "/promotions",
+    summary="Every promotion decision, promoted or refused, oldest first",
+    responses=_ERRORS,
+)
+def list_promotions(
+    settings: ServiceSettings,
+    project_id: ProjectId,
+    version: Annotated[str | None, Query(description="Only this model's (v3).")] = None,
+) -> list[PromotionPublic]:
+    with _registry(settings.data_dir, project_id) as registry:
+        if version is not None:
+            version = _get_version(registry, version).version
+        decisions = registry.promotions(version)
+    return [_promotion_public(decision, settings.data_dir) for decision in decisions]
+
+
+@router.get(
+    "/models/{version}/onnx",
+    summary="Download the model's ONNX export",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, **_ERRORS},
+)
+def download_onnx(settings: ServiceSettings, project_id: ProjectId, version: str) -> FileResponse:
+    with _registry(settings.data_dir, project_id) as registry:
+        found = _get_version(registry, version)
+    artifact = found.artifacts.get("onnx")
+    if artifact is None:
+        raise NotFoundError(f"model {found.version} has no ONNX export")
+    return FileResponse(
+        artifact.path, media_type="application/octet-stream", filename=f"{found.version}.onnx"
+    )
+
+
+class _Predictors:
+    """Loaded production models per project; rechecked every few seconds, dropped on promote.
+
+    Each project has its own lock, so loading one project's model never delays another's
+    predictions.
+    """
+
+    def __init__(self, ttl_s: float = 5.0) -> None:
+        self._ttl_s = ttl_s
+        self._loaded: dict[str, tuple[float, str, OnnxDetector]] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    def forget(self, project_id: str) -> None:
+        self._loaded.pop(project_id, None)
+
+    def get(self, data_dir: Path, project_id: str) -> tuple[str, OnnxDetector]:
+        cached = self._loaded.get(project_id)
+        if cached is not None and time.monotonic() - cached[0] < self._ttl_s:
+            return cached[1], cached[2]
+        with self._locks_lock:
+            lock = self._locks.setdefault(project_id, threading.Lock())
+        with lock:
+            cached = self._loaded.get(project_id)
+            if cached is not None and time.monotonic() - cached[0] < self._ttl_s:
+                return cached[1], cached[2]
+            with _registry(data_dir, project_id) as registry:
+                production = registry.production()
+            if production is None:
+                raise ConflictError("no production model yet: train one and promote it")
+            artifact = production.artifacts.get("onnx")
+            if artifact is None:
+                raise ConflictError(
+                    f"production model {production.version} has no ONNX export; export it first"
+                )
+            if cached is not None and cached[1] == production.version:
+                detector = cached[2]
+            else:
+                try:
+                    detector = load_runtime(artifact.path, conf=0.1)
+                except ModelLoadError as error:
+                    # The message names the file; callers never see where the server keeps data.
+                    log.error("project %s: %s", project_id, error)
+                    raise ModelLoadError(
+                        f"production model {production.version} could not be loaded; the "
+                        "server's log says why"
+                    ) from None
+            self._loaded[project_id] = (time.monotonic(), production.version, detector)
+            return production.version, detector
+
+
+PREDICTORS = _Predictors()
+
+
+# A device posts the image itself (``curl --data-binary @frame.jpg -H "Content-Type: image/jpeg"``);
+# a browser or the docs page posts a form. The raw body skips multipart parsing, the cheaper path.
+_OCTET_STREAM = "application/octet-stream"
+_BINARY = {"type": "string", "format": "binary"}
+_PREDICT_BODY = {
+    "required": True,
+    "description": "One image: the raw bytes with an image Content-Type (any `image/*` or "
+    "`application/octet-stream`), or a multipart form with the image in its `file` field.",
+    "content": {
+        "image/jpeg": {"schema": _BINARY},
+        "image/png": {"schema": _BINARY},
+        "application/octet-stream": {"schema": _BINARY},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {**_BINARY, "description": "One image."}},
+                "required": ["file"],
+            }
+        },
+    },
+}
+
+
+async def _image_from_request(request: Request, max_bytes: int) -> tuple[bytes, str]:
+    """The posted image's bytes and a name for messages: the raw body or the form's ``file``."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    try:
+        return await _read_image(request, content_type, max_bytes)
+    except ClientDisconnect:
+        # As FastAPI answers a body it cannot read: the client is gone, so no one reads it.
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST, "the client disconnected before the image arrived"
+        ) from None
+
+
+def _too_large(field: str, max_bytes: int) -> HTTPException:
+    return HTTPException(
+        status.HTTP_413_CONTENT_TOO_LARGE,
+        f"{field}: over the {max_bytes}-byte image limit (PROMPTLABEL_MAX_IMAGE_BYTES)",
+    )
+
+
+async def _read_image(request: Request, content_type: str, max_bytes: int) -> tuple[bytes, str]:
+    if content_type.startswith("image/") or content_type == _OCTET_STREAM:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise _too_large("body", max_bytes)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise _too_large("body", max_bytes)
+        return bytes(body), "body"
+    if content_type == "multipart/form-data":
+        async with request.form(max_files=1, max_fields=8) as form:
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise InputError(
+                    "file: missing (or the form was cut off before its end); send the image "
+                    "as the form's 'file' field"
+                )
+            data = await upload.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise _too_large("file", max_bytes)
+            return data, upload.filename or "file"
+    raise HTTPException(
+        status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+        f"Content-Type {content_type or '(none)'!r}: send the image as the raw body with an "
+        "image Content-Type (image/jpeg, image/png, ...) or as multipart/form-data field 'file'",
+    )
+
+
+@predict_router.post(
+    "/predict",
+    summary="Detect objects in one image with the production model (device runtime)",
+    response_model=PredictResult,
+    responses=error_responses(400, 404, 409, 413, 415, 422, 503),
+    openapi_extra={"requestBody": _PREDICT_BODY},
+)
+async def predict(
+    project_id: ProjectId,
+    request: Request,
+    conf: Annotated[float, Query(ge=0.1, le=1, description="Score threshold.")] = 0.25,
+) -> Response:
+    """The response's ``Server-Timing`` header gives ``runtime`` (decoding and running the
+    model) and ``app`` (all of the request inside the service) in milliseconds."""
+    # From the app rather than ``ServiceSettings``: each dependency costs this route time.
+    settings: Settings = request.app.state.settings
+    data, name = await _image_from_request(request, settings.max_image_bytes)
+
+    def run() -> Response:
+        # The answer is serialized here too, so the event loop only sends bytes.
+        version, detector = PREDICTORS.get(settings.data_dir, project_id)
+        started = time.perf_counter()
+        with DECODE_SLOTS:  # as for uploads: a 10 KB PNG may hold 81 M pixels
+            try:
+                image = read_image_bytes(
+                    data, name=name, max_pixels=settings.max_image_pixels, formats=ACCEPTED_FORMATS
+                )
+            except ImageError as error:
+                if error.reason not in ("not_an_image", "zero_bytes"):
+                    raise
+                raise ImageError(
+                    name, error.reason, f"send one image in one of: {', '.join(ACCEPTED_FORMATS)}"
+                ) from None
+        detections = detector.predict([image])[0]
+        runtime_ms = (time.perf_counter() - started) * 1e3
+        keep = detections.confidence >= conf
+        names = detector.names
+        result = PredictResult(
+            model_version=version,
+            image_wh=image.size,
+            detections=[
+                {
+                    "class": names[int(class_id)],
+                    "class_id": int(class_id),
+                    "xyxy": [round(float(v), 2) for v in xyxy],
+                    "score": round(float(score), 4),
+                }
+                for xyxy, class_id, score in zip(
+                    detections.xyxy[keep],
+                    detections.class_id[keep],
+                    detections.confidence[keep],
+                    strict=True,
+                )
+            ],
+        )
+        return Response(
+            result.model_dump_json(),
+            media_type="application/json",
+            headers={"Server-Timing": f"runtime;dur={runtime_ms:.2f}"},
+        )
+
+    return await run_in_app_pool(request, "predict", run)

@@ -1,0 +1,350 @@
+"""CLI commands over distill: train, eval, the model registry and export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.progress import Progress, TaskID
+from rich.table import Table
+
+from labeler.core.exceptions import InputError, PromptlabelError
+from labeler.settings import get_settings
+from serve.cli.common import console, fail, make_progress, setup_logging
+
+if TYPE_CHECKING:
+    from distill.registry import ModelVersion, Registry
+
+__all__ = ["eval_command", "export_command", "models_app", "train_command"]
+
+models_app = typer.Typer(
+    help="The model registry: list, show, promote, import.", no_args_is_help=True
+)
+
+WorkspaceOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--workspace",
+        help="Workspace holding the registry (default: $PROMPTLABEL_WORKSPACE or ./.promptlabel).",
+    ),
+]
+
+
+def _workspace(option: Path | None, *, must_exist: bool = True) -> Path:
+    workspace = option or get_settings().workspace or Path(".promptlabel")
+    if must_exist and not (workspace / "registry.db").exists():
+        raise InputError(
+            f"no model registry in {workspace}: pass --workspace DATASET_DIR/.promptlabel "
+            "(where `promptlabel train DATASET_DIR` registered its models) "
+            "or set PROMPTLABEL_WORKSPACE"
+        )
+    return workspace
+
+
+def _open_registry(option: Path | None, *, must_exist: bool = True) -> Registry:
+    from distill.registry import Registry
+
+    return Registry(_workspace(option, must_exist=must_exist))
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
+    table = Table(title=title, header_style="bold")
+    for column in ("class", "instances", "precision", "recall", "mAP50", "mAP50-95"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, row in metrics.get("per_class", {}).items():
+        table.add_row(
+            name,
+            _fmt(int(row["instances"]) if "instances" in row else None),
+            *(_fmt(row.get(k)) for k in ("precision", "recall", "map50", "map50_95")),
+        )
+    table.add_row(
+        "[bold]all[/]",
+        "",
+        *(_fmt(metrics.get(k)) for k in ("precision", "recall", "map50", "map50_95")),
+    )
+    return table
+
+
+class _EpochBar:
+    def __init__(self, progress: Progress, epochs: int) -> None:
+        self._progress = progress
+        self._task: TaskID = progress.add_task("Training", total=epochs)
+
+    def __call__(self, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+        summary = f"Training (mAP50-95 {metrics.get('map50_95', 0.0):.3f})"
+        self._progress.update(self._task, completed=epoch, total=epochs, description=summary)
+
+
+def train_command(
+    dataset_dir: Annotated[Path, typer.Argument(help="A dataset written by `promptlabel label`.")],
+    base: Annotated[
+        str, typer.Option(help="Starting weights (.pt) or an architecture (.yaml, from scratch).")
+    ] = "yolo11n.pt",
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 100,
+    imgsz: Annotated[int, typer.Option(help="Training image size.")] = 640,
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 16,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    patience: Annotated[int, typer.Option(help="Epochs without improvement before stopping.")] = 50,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            "--workspace",
+            help="Workspace for the registry and the runs (default: DATASET_DIR/.promptlabel).",
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Train a YOLO student on DATASET_DIR, evaluate it on the val split and register it."""
+    setup_logging(verbose)
+    from distill.dataset import resolve_data_yaml
+    from distill.runs import train_and_register
+    from distill.train import new_run_dir
+
+    try:
+        # DATASET_DIR may also name the data.yaml itself, as Ultralytics users are used to.
+        registry_dir = workspace or resolve_data_yaml(dataset_dir).parent / ".promptlabel"
+        with make_progress() as progress:
+            run = train_and_register(
+                dataset_dir,
+                registry_dir=registry_dir,
+                out_dir=new_run_dir(registry_dir / "runs"),
+                base=base,
+                epochs=epochs,
+                imgsz=imgsz,
+                batch=batch,
+                device=device,
+                patience=patience,
+                seed=seed,
+                progress=_EpochBar(progress, epochs),
+            )
+        result, version, metrics = run.train, run.version, run.metrics
+        if version is None:
+            console.print(
+                f"[yellow]interrupted:[/] the last finished epoch is saved at {result.last}; "
+                "it was not registered"
+            )
+            raise typer.Exit(code=130)
+    except PromptlabelError as error:
+        raise fail(str(error)) from None
+    console.print(_metrics_table(f"{version.version} on {dataset_dir} (val)", metrics))
+    console.print(
+        f"registered [bold]{version.version}[/] in {registry_dir}: {version.weights}\n"
+        f"curves: {result.results_png} and {result.results_csv}\n"
+        f"next: promptlabel models promote {version.version} --workspace {registry_dir}",
+        highlight=False,
+    )
+
+
+def _resolve_model(model: str, workspace: Path | None) -> Path:
+    """A model file path, or a registry version (v3) resolved to its weights."""
+    path = Path(model)
+    if path.exists():
+        return path
+    if model.lower().lstrip("v").isdigit():
+        with _open_registry(workspace) as registry:
+            return registry.get(model).weights
+    raise InputError(f"{model}: no such model file (nor a registry version like v3)")
+
+
+def eval_command(
+    model: Annotated[str, typer.Argument(help="A .pt or .onnx file, or a registry version (v3).")],
+    dataset_dir: Annotated[Path, typer.Argument(help="Dataset with the same classes.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate.")] = "val",
+    imgsz: Annotated[
+        int | None, typer.Option(help="Inference size (default: the model's).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write metrics here.")
+    ] = None,
+    workspace: WorkspaceOption = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Evaluate any model on DATASET_DIR: mAP50, mAP50-95, per-class precision/recall, speed."""
+    setup_logging(verbose)
+    from dataclasses import asdict
+
+    from distill.evaluate import evaluate
+
+    try:
+        weights = _resolve_model(model, workspace)
+        with console.status(f"Evaluating {weights.name} on {dataset_dir} ({split})"):
+            result = evaluate(weights, dataset_dir, split=split, imgsz=imgsz, device=device)
+    except PromptlabelError as error:
+        raise fail(str(error)) from None
+    metrics = asdict(result)
+    console.print(_metrics_table(f"{weights} on {dataset_dir} ({split})", metrics))
+    console.print(
+        f"speed: {result.ms_per_image:.1f} ms per image end to end, {result.n_images} images",
+        highlight=False,
+    )
+    if json_out is not None:
+        json_out.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+
+
+def _version_row(version: ModelVersion) -> list[str]:
+    return [
+        version.version,
+        version.stage,
+        version.source,
+        _fmt(version.map50_95),
+        _fmt(version.metrics.get("map50")),
+        version.parent or "-",
+        (version.dataset_hash or "-")[:8],
+        ", ".join(sorted(version.artifacts)),
+        version.created_at[:10],
+    ]
+
+
+@models_app.command("list")
+def models_list(workspace: WorkspaceOption = None) -> None:
+    """List registered versions with their metrics and stage."""
+    try:
+        with _open_registry(workspace) as registry:
+            versions = registry.list()
+    except PromptlabelError as error:
+        raise fail(str(error)) from None
+    table = Table(header_style="bold")
+    for column in ("version", "stage", "source", "mAP50-95", "mAP50", "parent", "dataset"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("artifacts")
+    table.add_column("created")
+    for version in versions:
+        table.add_row(*_version_row(version))
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    version: Annotated[str, typer.Argument(help="Version, e.g. v2.")],
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Everything recorded about one version, as JSON on stdout."""
+    from dataclasses import asdict
+
+    try:
+        with _open_registry(workspace) as registry:
+            found = registry.get(version)
+            decisions = registry.promotions(found.version)
+    except PromptlabelError as error:
+        raise fail(str(error)) from None
+    payload = asdict(found) | {"promotions": [asdict(d) for d in decisions]}
+    typer.echo(json.dumps(payload, indent=2, default=str))
+
+
+@models_app.command("promote")
+def models_promote(
+    version: Annotated[str, typer.Argument(help="Version to make production.")],
+    tolerance: Annotated[
+        float, typer.Option(help="How much lower mAP50-95 than production may be.")
+    ] = get_settings().promote_tolerance,
+    force: Annotated[bool, typer.Option("--force", help="Promote even if the gate fails.")] = False,
+    device: Annotated[str, typer.Option(help="Device for the evaluation.")] = "auto",
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Promote a version if it is not worse than production on production's evaluation set."""
+    from distill.registry import evaluation_metrics
+
+    try:
+        with _open_registry(workspace) as registry, console.status("Evaluating against production"):
+            decision = registry.promote(
+                version,
+                evaluate=partial(evaluation_metrics, device=device),
+                tolerance=tolerance,
+                force=force,
+            )
+    except PromptlabelError as error:
+        raise fail(str(error)) from None
+    numbers = (
+        f"candidate mAP50-95 {_fmt(decision.candidate_map50_95)}, "
+        f"production {_fmt(decision.production_map50_95)}, tolerance {decision.tolerance}"
+    )
+    if not decision.promoted:
+        console.print(f"[bold red]refused:[/] {decision.reason} ({numbers})", highlight=False)
+        raise typer.Exit(code=1)
+    console.print(f"[bold green]promoted {decision.version}:[/] {decision.reason} ({numbers})")
+
+
+@models_app.command("import")
+def models_import(
+    file: Annotated[Path, typer.Argument(help="A YOLO .pt or an Ultralytics-exported .onnx file.")],
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Register a model trained elsewhere (evaluate it with `promptlabel eval`)."""
+    try:
+        with _open_registry(workspace, must_exist=False) as registry:
+            version = registry.import_model(file)
+    except PromptlabelError as error:
+        raise fail(str(error)) from None
+    console.print(f"imported {file} as [bold]{version.version}[/] ({version.weights})")
+
+
+def export_command(
+    version: Annotated[str, typer.Argument(help="Registry version to export, e.g. v2.")],
+    format: Annotated[str, typer.Option("--format", help="onnx or engine (TensorRT).")] = "onnx",
+    half: Annotated[bool, typer.Option("--half", help="fp16 weights.")] = False,
+    dynamic: Annotated[
+        bool, typer.Option("--dynamic", help="Dynamic batch and image size.")
+    ] = False,
+    imgsz: Annotated[int, typer.Option(help="Export image size.")] = 640,
+    batch: Annotated[int, typer.Option(help="Static batch size (ignored with --dynamic).")] = 1,
+    device: Annotated[str, typer.Option(help="Device for engine export.")] = "auto",
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Overwrite the version's file of the same variant.")
+    ] = False,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """Export a registered version to ONNX or a TensorRT engine, check it, and record it.
+
+    Each variant is its own artifact (onnx, onnx-fp16, onnx-dynamic, engine-fp16-b8, ...),
+    so exporting one never replaces another; exporting a variant the version already has needs
+    --replace (the service predicts with the production version's plain onnx file).
+    """
+    from distill.export import export_model, variant_tag
+
+    if format not in {"onnx", "engine"}:
+        raise fail(f"--format must be onnx or engine, got {format!r}")
+    kind = format + variant_tag(half=half, dynamic=dynamic, batch=batch)
+    try:
+        with _open_registry(workspace) as registry:
+            found = registry.get(version)
+            existing = found.artifacts.get(kind)
+            if existing is not None and not replace:
+                raise InputError(
+                    f"{found.version} already has its {kind} export ({existing.path.name}); pass "
+                    "--replace to export it again"
+                )
+            # In the workspace, and kept when the check fails: the error names the file, left
+            # there for inspection.
+            scratch = Path(tempfile.mkdtemp(prefix=".export-", dir=registry.workspace))
+            with console.status(f"Exporting {kind}"):
+                result = export_model(
+                    found.weights,
+                    format=format,  # type: ignore[arg-type]
+                    imgsz=imgsz,
+                    half=half,
+                    dynamic=dynamic,
+                    batch=batch,
+                    device=device,
+                    output=scratch / f"model.{'onnx' if format == 'onnx' else 'engine'}",
+                )
+                stored = registry.add_artifact(found.version, result.path, kind=kind)
+            shutil.rmtree(scratch, ignore_errors=True)
+    except PromptlabelError as error:
+        raise fail(str(error)) from None
+    check = (
+        f"checked against PyTorch (max abs diff {result.max_abs_diff:.2e})"
+        if result.verified and result.max_abs_diff is not None
+        else "not checked"
+    )
+    console.print(f"exported {found.version} to {stored}: {check}", highlight=False)
