@@ -31,6 +31,7 @@ from labeler.route import RouteThresholds, Status, route
 from labeler.store.workspace import LabelRow, StoredVerdict, Workspace
 from labeler.verify import (
     check_verifier_spec,
+    check_verify_mode,
     parse_verifier_spec,
     question_for,
     verdict_cache_key,
@@ -111,8 +112,7 @@ class LabelConfig:
             raise InputError(f"--val-fraction must be within [0, 1), got {self.val_fraction}")
         if self.concurrency < 1:
             raise InputError(f"--concurrency must be at least 1, got {self.concurrency}")
-        if self.verify_mode not in {"crop", "marks"}:
-            raise InputError(f"--verify-mode must be 'crop' or 'marks', got {self.verify_mode!r}")
+        check_verify_mode(self.verify_mode, name="--verify-mode")
         options = self.detector_options
         for name in ("box_threshold", "text_threshold", "nms_iou"):
             if not 0.0 <= getattr(options, name) <= 1.0:

@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     def _verifier_specs_are_valid(cls, verifiers: dict[str, str]) -> dict[str, str]:
         # Checked when the service starts, not when a caller's job first names one.
         from labeler.core.exceptions import InputError
-        from labeler.verify.base import check_verifier_spec
+        from labeler.verify.registry import check_verifier_spec
 
         for name, spec in verifiers.items():
             try:

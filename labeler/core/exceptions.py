@@ -3,10 +3,7 @@
     PromptlabelError
     ├── InputError                 the user's input is wrong; the message names the file or field
     │   ├── OntologyError          an ontology file is invalid (line and field named)
-    │   ├── ImageError             one image cannot be used (reason: corrupt, truncated, ...)
-    │   ├── NotFoundError          a named object does not exist (or is another project's)
-    │   └── ConflictError          the request contradicts stored state (e.g. a reused
-    │                              idempotency key with another body, a job not finished yet)
+    │   └── ImageError             one image cannot be used (reason: corrupt, truncated, ...)
     ├── ModelLoadError             a checkpoint cannot be loaded (which, from where, what to do)
     ├── DetectorError              the detector failed on every image, or on 8 in a row
     ├── VerifierError              the verifier backend failed after its retries
@@ -14,18 +11,17 @@
     └── StoreError                 the workspace database cannot be used
 
 The CLI turns a PromptlabelError that is not an ImageError into one line and exit code 2; an
-ImageError is recorded against its image and the run goes on.
+ImageError is recorded against its image and the run goes on. The HTTP service adds its own two
+(``serve.errors``: NotFoundError, ConflictError) under InputError.
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "ConflictError",
     "DetectorError",
     "ImageError",
     "InputError",
     "ModelLoadError",
-    "NotFoundError",
     "OntologyError",
     "PromptlabelError",
     "StoreError",
@@ -54,14 +50,6 @@ class ImageError(InputError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
-
-
-class NotFoundError(InputError):
-    """A named object does not exist, or belongs to another project (which must not be told)."""
-
-
-class ConflictError(InputError):
-    """The request contradicts what is stored (the HTTP service answers 409)."""
 
 
 class ModelLoadError(PromptlabelError):

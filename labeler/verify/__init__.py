@@ -1,22 +1,26 @@
 """The VERIFY stage: ask a vision-language model whether each proposed box is what it claims."""
 
 from labeler.verify.base import (
-    BACKENDS,
-    VALID_SPECS,
     Answer,
     Verdict,
     Verifier,
     VerifierBase,
     VerifierStats,
-    check_verifier_spec,
-    load_verifier,
-    parse_verifier_spec,
     question_for,
     verdict_cache_key,
 )
+from labeler.verify.registry import (
+    BACKENDS,
+    VALID_SPECS,
+    check_verifier_spec,
+    load_verifier,
+    parse_verifier_spec,
+)
+from labeler.verify.templates import MODES, check_verify_mode
 
 __all__ = [
     "BACKENDS",
+    "MODES",
     "VALID_SPECS",
     "Answer",
     "Verdict",
@@ -24,6 +28,7 @@ __all__ = [
     "VerifierBase",
     "VerifierStats",
     "check_verifier_spec",
+    "check_verify_mode",
     "load_verifier",
     "parse_verifier_spec",
     "question_for",

@@ -1,6 +1,6 @@
 """The verifier interface: image + boxes + questions in, one yes/no/unknown Verdict per box out.
 
-Backends are picked by name from ``BACKENDS`` (``"openai:gpt-4o-mini"``,
+Backends are picked by name in ``labeler.verify.registry`` (``"openai:gpt-4o-mini"``,
 ``"transformers:/models/smolvlm"``, ``"moondream"``). Every backend shares ``VerifierBase``, which
 owns what does not depend on the model: cropping or drawing marks, prompts, bounded concurrency,
 parsing, and turning every backend failure into an "unknown" verdict instead of an exception.
@@ -26,25 +26,25 @@ from labeler.core.exceptions import InputError
 from labeler.ontology import OntologyClass
 from labeler.verify.parse import Answer, ScoredToken, marks_yes_probs, parse_marks, parse_yes_no
 from labeler.verify.render import CropOptions, MarksOptions, crop_with_context, draw_marks
-from labeler.verify.templates import MODES, Mode, TemplateSet, default_question, template_set
+from labeler.verify.templates import (
+    Mode,
+    TemplateSet,
+    check_verify_mode,
+    default_question,
+    template_set,
+)
 
 if TYPE_CHECKING:
-    import httpx
+    pass
 
 __all__ = [
-    "BACKENDS",
-    "VALID_SPECS",
     "Answer",
     "Completion",
-    "LoadOptions",
     "LoopLocal",
     "Verdict",
     "Verifier",
     "VerifierBase",
     "VerifierStats",
-    "check_verifier_spec",
-    "load_verifier",
-    "parse_verifier_spec",
     "question_for",
     "verdict_cache_key",
 ]
@@ -171,14 +171,12 @@ class VerifierBase(ABC):
         marks_options: MarksOptions = MarksOptions(),  # noqa: B008 - frozen dataclass
         max_marks_per_call: int = MAX_MARKS_PER_CALL,
     ) -> None:
-        if mode not in MODES:
-            raise InputError(f"verify mode {mode!r} is not one of: {', '.join(MODES)}")
         if concurrency < 1:
             raise InputError(f"verifier concurrency must be at least 1, got {concurrency}")
         if max_marks_per_call < 1:
             raise InputError(f"max_marks_per_call must be at least 1, got {max_marks_per_call}")
         self.model_id = model_id
-        self.mode: Mode = mode
+        self.mode: Mode = check_verify_mode(mode)
         self.templates: TemplateSet = template_set(self.mode)
         self.template_id = self.templates.template_id
         self.template_hash = self.templates.template_hash
@@ -397,136 +395,3 @@ def verdict_cache_key(
 
 
 # --- choosing a backend -------------------------------------------------------------------------
-
-VALID_SPECS = (
-    "none",
-    "openai:MODEL (e.g. openai:gpt-4o-mini)",
-    "transformers:MODEL_ID_OR_PATH (e.g. transformers:/models/SmolVLM-256M-Instruct)",
-    "moondream or moondream:MODEL",
-)
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """Everything ``load_verifier`` hands a backend besides the model name."""
-
-    url: str | None = None
-    concurrency: int = 16
-    mode: str = "crop"
-    timeout_s: float = 60.0
-    max_retries: int = 5
-    http_client: httpx.AsyncClient | None = None
-    device: str = "auto"
-
-
-def _load_openai(model: str | None, options: LoadOptions) -> Verifier:
-    from labeler.verify.openai_backend import OpenAIVerifier
-
-    assert model is not None  # check_verifier_spec requires it
-    return OpenAIVerifier(
-        model,
-        url=options.url,
-        mode=options.mode,
-        concurrency=options.concurrency,
-        timeout_s=options.timeout_s,
-        max_retries=options.max_retries,
-        http_client=options.http_client,
-    )
-
-
-def _load_transformers(model: str | None, options: LoadOptions) -> Verifier:
-    from labeler.verify.transformers_backend import TransformersVerifier
-
-    assert model is not None  # check_verifier_spec requires it
-    return TransformersVerifier(
-        model, mode=options.mode, concurrency=options.concurrency, device=options.device
-    )
-
-
-def _load_moondream(model: str | None, options: LoadOptions) -> Verifier:
-    from labeler.verify.moondream_backend import MoondreamVerifier
-
-    return MoondreamVerifier(
-        model,
-        url=options.url,
-        mode=options.mode,
-        concurrency=options.concurrency,
-        timeout_s=options.timeout_s,
-        max_retries=options.max_retries,
-    )
-
-
-# Backend name -> loader. Loaders import their backend lazily, so that checking a spec (or using
-# the OpenAI backend) never imports torch.
-BACKENDS: dict[str, Callable[[str | None, LoadOptions], Verifier]] = {
-    "openai": _load_openai,
-    "transformers": _load_transformers,
-    "moondream": _load_moondream,
-}
-_NEEDS_MODEL = frozenset({"openai", "transformers"})
-
-
-def parse_verifier_spec(spec: str) -> tuple[str, str | None]:
-    """Split ``"backend:model"``: ``"openai:gpt-4o-mini"`` -> ``("openai", "gpt-4o-mini")``,
-    ``"none"`` or ``""`` -> ``("none", None)``, ``"moondream"`` -> ``("moondream", None)``.
-
-    Only the first colon splits, so paths keep theirs. Does not check the backend exists.
-    """
-    text = spec.strip()
-    if not text or text.lower() == "none":
-        return "none", None
-    backend, _, model = text.partition(":")
-    return backend.strip().lower(), (model.strip() or None)
-
-
-def check_verifier_spec(spec: str) -> tuple[str, str | None]:
-    """``parse_verifier_spec`` plus validation, without loading anything.
-
-    Raises InputError naming the valid specs when the backend is unknown or needs a model name.
-    """
-    backend, model = parse_verifier_spec(spec)
-    valid = "; ".join(VALID_SPECS)
-    if backend != "none" and backend not in BACKENDS:
-        raise InputError(f"unknown verifier {spec!r}: backend {backend!r} is not one of: {valid}")
-    if backend in _NEEDS_MODEL and model is None:
-        raise InputError(f"verifier {spec!r} needs a model name after the colon: {valid}")
-    return backend, model
-
-
-def load_verifier(
-    spec: str,
-    *,
-    url: str | None = None,
-    concurrency: int = 16,
-    mode: str = "crop",
-    timeout_s: float = 60.0,
-    max_retries: int = 5,
-    http_client: httpx.AsyncClient | None = None,
-    device: str = "auto",
-) -> Verifier | None:
-    """The verifier a spec names, ready to use; None for ``"none"``.
-
-    Raises InputError for a bad spec, mode or option (and for a missing API key), and
-    ModelLoadError when a local model cannot be loaded.
-    """
-    backend, model = check_verifier_spec(spec)
-    if mode not in MODES:
-        raise InputError(f"verify mode {mode!r} is not one of: {', '.join(MODES)}")
-    if concurrency < 1:
-        raise InputError(f"verifier concurrency must be at least 1, got {concurrency}")
-    if timeout_s <= 0:
-        raise InputError(f"verifier timeout must be positive, got {timeout_s} s")
-    if max_retries < 0:
-        raise InputError(f"max_retries must be 0 or more, got {max_retries}")
-    if backend == "none":
-        return None
-    options = LoadOptions(
-        url=url,
-        concurrency=concurrency,
-        mode=mode,
-        timeout_s=timeout_s,
-        max_retries=max_retries,
-        http_client=http_client,
-        device=device,
-    )
-    return BACKENDS[backend](model, options)

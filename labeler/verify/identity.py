@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
-from labeler.verify.base import check_verifier_spec
-from labeler.verify.templates import Mode, template_set
+from labeler.verify.registry import check_verifier_spec
+from labeler.verify.templates import check_verify_mode, template_set
 
 __all__ = [
     "MOONDREAM_DEFAULT_ENDPOINT",
@@ -62,7 +61,7 @@ def verifier_identity(spec: str, *, mode: str, url: str | None = None) -> Verifi
     would ask when loaded with ``url``; lets the pipeline look up cached verdicts (and skip
     loading the model when all are cached)."""
     backend, model = check_verifier_spec(spec)
-    templates = template_set(cast(Mode, mode))
+    templates = template_set(check_verify_mode(mode))
     # Two servers can serve different models under one name, so their verdicts must not mix.
     endpoint = None
     if backend == "openai":

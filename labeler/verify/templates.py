@@ -15,10 +15,13 @@ from functools import cache
 from importlib import resources
 from typing import Literal
 
+from labeler.core.exceptions import InputError
+
 __all__ = [
     "MODES",
     "Mode",
     "TemplateSet",
+    "check_verify_mode",
     "default_question",
     "load_template_text",
     "template_set",
@@ -27,6 +30,14 @@ __all__ = [
 
 Mode = Literal["crop", "marks"]
 MODES: tuple[Mode, ...] = ("crop", "marks")
+
+
+def check_verify_mode(mode: str, *, name: str = "verify mode") -> Mode:
+    """``mode`` as a Mode; InputError naming ``name`` (the option or field) and the valid modes."""
+    if mode not in MODES:
+        raise InputError(f"{name} must be one of {', '.join(MODES)}; got {mode!r}")
+    return mode
+
 
 # The id names the prompt design; bump it when a template changes meaning (the hash changes anyway).
 _TEMPLATE_IDS: dict[Mode, str] = {"crop": "crop-v1", "marks": "marks-v1"}
@@ -69,9 +80,8 @@ class TemplateSet:
 
 @cache
 def template_set(mode: Mode) -> TemplateSet:
-    """The templates for ``mode`` ("crop" or "marks"); raises ValueError for another mode."""
-    if mode not in _TEMPLATE_FILES:
-        raise ValueError(f"unknown verify mode {mode!r}; expected one of {', '.join(MODES)}")
+    """The templates for ``mode`` ("crop" or "marks"); raises InputError for another mode."""
+    mode = check_verify_mode(mode)
     text = load_template_text(_TEMPLATE_FILES[mode])
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return TemplateSet(mode=mode, template_id=_TEMPLATE_IDS[mode], template_hash=digest, text=text)

@@ -21,17 +21,12 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from labeler.core.exceptions import (
-    ConflictError,
-    InputError,
-    ModelLoadError,
-    NotFoundError,
-    PromptlabelError,
-)
+from labeler.core.exceptions import InputError, ModelLoadError, PromptlabelError
 from labeler.settings import Settings
 from serve.api.routes import health, images, jobs, models, projects
 from serve.api.schemas import error_responses
 from serve.db import LOOKUP_CONNECTIONS, Database
+from serve.errors import ConflictError, NotFoundError
 from serve.ingest.fetch import DNS_LOOKUPS_AT_ONCE
 from serve.ingest.uploads import DECODE_SLOT_COUNT
 from serve.jobs.worker import ModelCache, Worker

@@ -12,10 +12,10 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from labeler.core.exceptions import NotFoundError
 from labeler.settings import Settings
 from serve.api.auth import Principal, authenticate
 from serve.db import Database
+from serve.errors import NotFoundError
 
 __all__ = ["CurrentPrincipal", "Db", "Offset", "ProjectId", "ServiceSettings", "run_in_app_pool"]
 

@@ -13,10 +13,11 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
-from labeler.core.exceptions import ImageError, InputError, NotFoundError
+from labeler.core.exceptions import ImageError, InputError
 from labeler.settings import Settings
 from serve.api.auth import new_id
 from serve.db import Database, images
+from serve.errors import NotFoundError
 from serve.telemetry import IMAGES_INGESTED
 
 if TYPE_CHECKING:

@@ -20,12 +20,13 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from pydantic import BaseModel
 
-from labeler.core.exceptions import ConflictError, InputError, NotFoundError
+from labeler.core.exceptions import InputError
 from labeler.propose.options import DetectorOptions
 from labeler.settings import Settings
 from serve.api.auth import new_id
 from serve.api.schemas import LabelJobCreate, TrainJobCreate
 from serve.db import Database, images, job_images, jobs, projects
+from serve.errors import ConflictError, NotFoundError
 from serve.ingest.store import get_images
 from serve.jobs.queue import JobKind, JobStatus
 

@@ -16,16 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
-from labeler.core.exceptions import (
-    ConflictError,
-    ImageError,
-    InputError,
-    ModelLoadError,
-    NotFoundError,
-)
+from labeler.core.exceptions import ImageError, InputError, ModelLoadError
 from labeler.settings import Settings
 from serve.api.deps import Db, ProjectId, ServiceSettings, run_in_app_pool
 from serve.api.schemas import ModelPublic, PredictResult, PromotionPublic, error_responses
+from serve.errors import ConflictError, NotFoundError
 from serve.ingest.uploads import ACCEPTED_FORMATS, DECODE_SLOTS
 from serve.jobs.service import without_data_dir
 from serve.jobs.worker import registry_dir
