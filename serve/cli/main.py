@@ -1,30 +1,20 @@
-"""The ``promptlabel`` command: a thin layer over the packages' public functions."""
+"""The ``promptlabel`` command: a thin layer over the packages' public functions.
+
+One module per command group: ``label`` (label, demo), ``predict``, ``distill`` (train, eval,
+models, export) and ``service`` (serve, worker, projects, keys).
+"""
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
-from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from labeler.core.exceptions import PromptlabelError
-from serve.cli.common import (
-    RichProgressSink,
-    console,
-    fail,
-    make_progress,
-    settings_or_exit,
-    setup_logging,
-)
-
-# Before the commands' modules: their option defaults read the settings.
-settings = settings_or_exit()
-
-from serve.cli import distill as cli_distill  # noqa: E402
-from serve.cli import service as cli_service  # noqa: E402
+from serve.cli import distill as cli_distill
+from serve.cli import label as cli_label
+from serve.cli import predict as cli_predict
+from serve.cli import service as cli_service
+from serve.cli.common import console
 
 app = typer.Typer(
     name="promptlabel",
@@ -34,245 +24,9 @@ app = typer.Typer(
     add_completion=False,
 )
 
-
-def print_report(report: dict[str, Any]) -> None:
-    """The run's summary as tables on stderr (stdout stays free for machine output)."""
-    images = report["images"]
-    table = Table(title="promptlabel report", show_header=True, header_style="bold")
-    table.add_column("class")
-    for column in ("accepted", "rejected", "needs_review"):
-        table.add_column(column, justify="right")
-    for name, counts in report["per_class"].items():
-        table.add_row(name, *(str(counts[c]) for c in ("accepted", "rejected", "needs_review")))
-    labels = report["labels"]
-    table.add_row(
-        "[bold]all[/]", *(f"[bold]{labels[c]}[/]" for c in ("accepted", "rejected", "needs_review"))
-    )
-    console.print(table)
-    verifier = report["verifier"]
-    timings = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in report["timings_s"].items())
-    # Files with the same content are one image to the pipeline and the dataset.
-    copies = images["labeled"] > images["unique"]
-    same_content = f" ({images['unique']} distinct: copies are labeled once)" if copies else ""
-    console.print(
-        f"images: {images['total']} found, {images['labeled']} labeled{same_content}, "
-        f"{len(images['failed'])} failed, {images['with_accepted_boxes']} with accepted boxes\n"
-        f"verifier: {verifier['calls']} calls, {verifier['cache_hits']} cache hits, "
-        f"{verifier['errors']} errors\n"
-        f"timings: {timings}\n"
-        f"dataset: {report['dataset']['path']} (data.yaml, report.json, review.json)",
-        highlight=False,
-    )
-    for failure in images["failed"][:20]:
-        console.print(f"  [yellow]failed[/] {failure['path']}: {failure['error']}", highlight=False)
-    if len(images["failed"]) > 20:
-        console.print(f"  ... and {len(images['failed']) - 20} more in report.json")
-
-
-@app.command()
-def label(
-    images_dir: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
-    ontology: Annotated[Path, typer.Option("--ontology", "-o", help="Ontology YAML file.")],
-    out: Annotated[
-        Path, typer.Option("--out", help="Dataset folder to write (not IMAGES_DIR or above it).")
-    ],
-    detector: Annotated[
-        str,
-        typer.Option(help="Detector: hub id or local folder of a transformers zero-shot detector."),
-    ] = settings.detector,
-    box_threshold: Annotated[float, typer.Option(help="Minimum detector box score.")] = (
-        settings.box_threshold
-    ),
-    text_threshold: Annotated[float, typer.Option(help="Minimum class (phrase) score.")] = (
-        settings.text_threshold
-    ),
-    max_det: Annotated[int, typer.Option(help="Most proposals kept per image.")] = settings.max_det,
-    nms_iou: Annotated[float, typer.Option(help="IoU for class-aware NMS.")] = settings.nms_iou,
-    verifier: Annotated[
-        str,
-        typer.Option(
-            help="openai:MODEL | transformers:ID_OR_PATH | moondream | none.",
-        ),
-    ] = settings.verifier,
-    verifier_url: Annotated[
-        str | None, typer.Option(help="Base URL of an OpenAI-compatible or moondream endpoint.")
-    ] = settings.verifier_url,
-    verify_mode: Annotated[
-        str, typer.Option(help="crop: one call per box; marks: numbered boxes, one call per image.")
-    ] = settings.verify_mode,
-    concurrency: Annotated[int, typer.Option(help="Most verifier calls in flight.")] = (
-        settings.concurrency
-    ),
-    accept_threshold: Annotated[float, typer.Option(help="Accept at or above this P(yes).")] = (
-        settings.accept_threshold
-    ),
-    reject_threshold: Annotated[float, typer.Option(help="Reject at or below this P(yes).")] = (
-        settings.reject_threshold
-    ),
-    review_below_score: Annotated[
-        float, typer.Option(help="Send proposals with a lower detector score to review.")
-    ] = settings.review_below_score,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = settings.device,
-    batch_size: Annotated[int, typer.Option(help="Images per detector forward pass.")] = (
-        settings.batch_size
-    ),
-    val_fraction: Annotated[float, typer.Option(help="Share of images in the val split.")] = (
-        settings.val_fraction
-    ),
-    workspace: Annotated[
-        Path | None, typer.Option(help="Workspace folder (default: OUT/.promptlabel).")
-    ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
-) -> None:
-    """Label IMAGES_DIR with the classes of an ontology and write a YOLO + COCO dataset to OUT.
-
-    Re-running the same command resumes; changing only --accept/--reject thresholds or
-    --review-below-score re-routes from stored scores without running any model.
-    """
-    setup_logging(verbose)
-    from labeler.ontology import load_ontology
-    from labeler.pipeline import LabelConfig, run_label
-    from labeler.propose.options import DetectorOptions
-    from labeler.route import RouteThresholds
-
-    try:
-        config = LabelConfig(
-            images_dir=images_dir,
-            ontology=load_ontology(ontology),
-            out_dir=out,
-            detector=detector,
-            detector_options=DetectorOptions(
-                box_threshold=box_threshold,
-                text_threshold=text_threshold,
-                max_det=max_det,
-                nms_iou=nms_iou,
-                device=device,
-                batch_size=batch_size,
-            ),
-            verifier=verifier,
-            verifier_url=verifier_url,
-            verify_mode=verify_mode,
-            concurrency=concurrency,
-            request_timeout_s=settings.request_timeout_s,
-            max_retries=settings.max_retries,
-            thresholds=RouteThresholds(
-                accept=accept_threshold,
-                reject=reject_threshold,
-                review_below_score=review_below_score,
-            ),
-            val_fraction=val_fraction,
-            max_image_pixels=settings.max_image_pixels,
-            workspace_dir=workspace,
-        )
-        with make_progress() as progress:
-            report = run_label(config, progress=RichProgressSink(progress))
-    except PromptlabelError as error:
-        raise fail(str(error)) from None
-    except KeyboardInterrupt:
-        console.print(
-            "[yellow]interrupted:[/] finished work is saved; rerun the same command to resume"
-        )
-        raise typer.Exit(code=130) from None
-    print_report(report)
-
-
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option(help="Where to write sample images and the dataset.")] = Path(
-        "demo-out"
-    ),
-    images: Annotated[int, typer.Option(help="Number of sample images to generate.")] = 8,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
-    """Generate sample images and run the full label pipeline on them.
-
-    Uses the real default models when they can be loaded; offline it says so and falls back to tiny
-    random local checkpoints (a smoke run: the labels are meaningless).
-    """
-    setup_logging(verbose)
-    from labeler.demo.run import run_demo
-
-    try:
-        with make_progress() as progress:
-            report = run_demo(
-                out, n_images=images, progress=RichProgressSink(progress), say=console.print
-            )
-    except PromptlabelError as error:
-        raise fail(str(error)) from None
-    print_report(report)
-
-
-@app.command()
-def predict(
-    model: Annotated[Path, typer.Argument(help="An exported .onnx student.")],
-    images: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive).")],
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write detections here (default: stdout).")
-    ] = None,
-    save_annotated: Annotated[
-        Path | None, typer.Option(help="Folder to write images with boxes drawn.")
-    ] = None,
-    conf: Annotated[float, typer.Option(help="Minimum score.")] = 0.25,
-    iou: Annotated[float, typer.Option(help="NMS IoU.")] = 0.7,
-    max_det: Annotated[int, typer.Option(help="Most boxes per image.")] = 300,
-) -> None:
-    """Run an exported student on images with the device runtime (numpy + onnxruntime only)."""
-    from labeler.core.exceptions import ImageError
-    from labeler.core.images import iter_image_paths
-    from serve.runtime.onnx import load_runtime
-
-    try:
-        detector = load_runtime(model, conf=conf, iou=iou, max_det=max_det)
-        paths = [
-            p for item in images for p in (iter_image_paths(item) if item.is_dir() else [item])
-        ]
-    except PromptlabelError as error:
-        raise fail(str(error)) from None
-    results: list[dict[str, Any]] = []
-    failed: list[dict[str, str]] = []
-    if save_annotated is not None:
-        save_annotated.mkdir(parents=True, exist_ok=True)
-    with make_progress() as progress:
-        task = progress.add_task("Predicting", total=len(paths))
-        for path in paths:
-            progress.advance(task)
-            try:
-                detections = detector(path)
-            except ImageError as error:
-                failed.append({"path": str(path), "error": f"{error.reason}: {error.detail}"})
-                continue
-            results.append(
-                {
-                    "path": str(path),
-                    "image_wh": list(detections.metadata.get("image_wh", ())),
-                    "detections": [
-                        {
-                            "class_id": class_id,
-                            "class": detector.names[class_id],
-                            "confidence": round(score, 5),
-                            "xyxy": [round(float(v), 2) for v in xyxy],
-                        }
-                        for xyxy, class_id, score in detections
-                    ],
-                }
-            )
-            if save_annotated is not None:
-                from labeler.core.images import load_image
-                from serve.runtime.annotate import draw_detections
-
-                drawn = draw_detections(load_image(path).image, detections, detector.names)
-                drawn.save(save_annotated / f"{path.stem}.jpg", quality=90)
-    payload = json.dumps({"model": str(model), "images": results, "failed": failed}, indent=2)
-    if json_out is None:
-        typer.echo(payload)
-    else:
-        json_out.write_text(payload + "\n")
-    boxes = sum(len(r["detections"]) for r in results)
-    console.print(f"{len(results)} images, {boxes} boxes, {len(failed)} failed", highlight=False)
-    for failure in failed:
-        console.print(f"  [yellow]failed[/] {failure['path']}: {failure['error']}", highlight=False)
-
-
+app.command("label")(cli_label.label)
+app.command("demo")(cli_label.demo)
+app.command("predict")(cli_predict.predict)
 app.command("train")(cli_distill.train_command)
 app.command("eval")(cli_distill.eval_command)
 app.add_typer(cli_distill.models_app, name="models")

@@ -83,7 +83,7 @@ def test_help_lists_commands() -> None:
 def test_summary_says_when_files_are_copies_of_each_other(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from serve.cli.main import print_report
+    from serve.cli.label import print_report
 
     report = {
         "images": {"total": 5, "labeled": 4, "unique": 3, "with_accepted_boxes": 2, "failed": []},
