@@ -1,11 +1,15 @@
 # The two commands of the README: `make demo` and `make test`; each sets everything up first.
-.PHONY: install demo test lint bench
+.PHONY: install install-base demo test lint bench
 
 export YOLO_OFFLINE ?= True
 export YOLO_AUTOINSTALL ?= false
 
 install:
 	bash scripts/install.sh all
+
+# The base install alone (what a device runs), for the tests that check what it can and cannot do.
+install-base:
+	VENV=.venv-base bash scripts/install.sh base
 
 demo: install
 	.venv/bin/promptlabel demo --out demo-out
@@ -15,8 +19,8 @@ lint:
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
-test: install lint
-	.venv/bin/pytest
+test: install install-base lint
+	PROMPTLABEL_BASE_VENV=$(CURDIR)/.venv-base .venv/bin/pytest
 
 bench: install
 	.venv/bin/python benchmarks/bench_propose.py

@@ -631,16 +631,16 @@ def register_production(data_dir: Path, project_id: str, onnx_path: Path) -> str
 
 
 def bench_predict(args: argparse.Namespace, folder: Path, onnx_path: Path) -> bool:
-    from labeler.settings import Settings
+    from labeler.core.images import DEFAULT_MAX_PIXELS
     from serve.runtime.onnx import load_runtime, read_image_bytes
 
     data = jpeg_bytes((args.width, args.height))
     request = httpx.Request("POST", "http://x/", files={"file": ("frame.jpg", data, "image/jpeg")})
     form_body = request.read()
     form_type = request.headers["content-type"]
-    detector = load_runtime(onnx_path, conf=0.1)  # as serve/routes/models.py loads it
+    detector = load_runtime(onnx_path, conf=0.1)  # as serve/api/routes/models.py loads it
 
-    max_pixels = Settings().max_image_pixels
+    max_pixels = DEFAULT_MAX_PIXELS  # the service's default
 
     def bare() -> int:
         # The route's own steps without HTTP: decode the bytes, run, keep boxes over conf.

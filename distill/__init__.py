@@ -16,7 +16,7 @@ _LAZY = {
     "train": "distill.train",
     "EvalResult": "distill.evaluate",
     "evaluate": "distill.evaluate",
-    "from_ultralytics": "distill.evaluate",
+    "from_ultralytics": "labeler.core.detections",
     "EvalSet": "distill.registry",
     "ModelVersion": "distill.registry",
     "PromotionDecision": "distill.registry",

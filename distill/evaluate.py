@@ -1,7 +1,8 @@
 """Score a student on a dataset split with the COCO reference implementation (pycocotools).
 
 Predictions come from Ultralytics (``YOLO(model).predict``, so a ``.pt`` and an exported ``.onnx``
-go through the same code) and enter promptlabel through one adapter, ``from_ultralytics``.
+go through the same code) and enter promptlabel through one adapter,
+``labeler.core.detections.from_ultralytics``.
 
 Ground truth is built from the split's YOLO label files (a polygon counts as its extent; COCO
 ``category_id = class_id + 1``): they are what training reads and what the dataset's label hash
@@ -43,10 +44,10 @@ from PIL import Image
 
 from distill.dataset import DatasetInfo, check_dataset, label_path_for, read_label_file
 from distill.ultralytics_env import load_yolo, quiet_ultralytics, ultralytics_device
-from labeler.core.detections import Detections
+from labeler.core.detections import Detections, from_ultralytics
 from labeler.core.exceptions import InputError
 
-__all__ = ["EvalResult", "evaluate", "from_ultralytics", "score_detections"]
+__all__ = ["EvalResult", "evaluate", "score_detections"]
 
 
 _EXIF_ORIENTATION_TAG = 0x0112
@@ -75,35 +76,6 @@ class EvalResult:
     n_predictions: int = field(default=0)
     data_yaml: str = ""
     label_hash: str = ""  # of the dataset's labels as scored (distill.dataset's label_hash)
-
-
-def from_ultralytics(result: Any) -> Detections:
-    """Convert one Ultralytics ``Results`` into ``Detections`` (pixels of the original image).
-
-    ``metadata`` holds ``image_wh`` and ``path``; a segmentation result adds
-    ``data["polygon_xy"]``, one ``(k, 2)`` float32 polygon per box in original-image pixels.
-    Raises ValueError for results without axis-aligned boxes (classification, OBB).
-    """
-    boxes = getattr(result, "boxes", None)
-    height, width = (int(v) for v in result.orig_shape)
-    metadata = {"image_wh": (width, height), "path": str(getattr(result, "path", ""))}
-    if boxes is None:
-        raise ValueError("from_ultralytics: the result has no axis-aligned boxes")
-    xyxy = boxes.xyxy.cpu().numpy().astype(np.float32).reshape(-1, 4)
-    data: dict[str, npt.NDArray[Any]] = {}
-    masks = getattr(result, "masks", None)
-    if masks is not None and len(xyxy):
-        polygons = np.empty(len(xyxy), dtype=object)
-        for index, polygon in enumerate(masks.xy):
-            polygons[index] = np.asarray(polygon, np.float32).reshape(-1, 2)
-        data["polygon_xy"] = polygons
-    return Detections(
-        xyxy=xyxy,
-        class_id=boxes.cls.cpu().numpy().astype(np.int64),
-        confidence=boxes.conf.cpu().numpy().astype(np.float32),
-        data=data,
-        metadata=metadata,
-    )
 
 
 # --------------------------------------------------------------------------- ground truth

@@ -18,7 +18,6 @@ otherwise try to ``pip install`` TensorRT.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import importlib.util
 import logging
@@ -33,18 +32,21 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from distill.model_metadata import (
+    check_required_metadata,
+    metadata_values,
+    parse_metadata,
+)
 from distill.ultralytics_env import import_ultralytics, load_yolo, quiet_ultralytics
 from labeler.core.exceptions import InputError, ModelLoadError
 from labeler.core.files import copy_atomically
 
 __all__ = [
     "DEFAULT_ATOL",
-    "REQUIRED_METADATA",
     "ExportFormat",
     "ExportResult",
     "check_tensorrt_available",
     "export_model",
-    "parse_metadata",
     "sample_batch",
     "variant_tag",
     "verify_engine",
@@ -61,9 +63,6 @@ ExportFormat = Literal["onnx", "engine"]
 # so 1e-2 leaves room for larger models; a broken export (wrong weights, a wrong input) is off by
 # far more.
 DEFAULT_ATOL: dict[bool, float] = {False: 1e-3, True: 1e-2}
-
-# What the device runtime and Ultralytics' AutoBackend read from an exported file.
-REQUIRED_METADATA = ("names", "imgsz", "stride", "task")
 
 _SUFFIX: dict[str, str] = {"onnx": ".onnx", "engine": ".engine"}
 _SAMPLE_SEED = 0
@@ -261,26 +260,6 @@ def sample_batch(imgsz: int, batch: int = 1) -> npt.NDArray[np.float32]:
     return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2) / 255.0, np.float32)
 
 
-def parse_metadata(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """An exported file's metadata as Python values (Ultralytics writes each with ``str()``)."""
-    parsed: dict[str, Any] = {}
-    for key, value in raw.items():
-        try:
-            parsed[key] = ast.literal_eval(value) if isinstance(value, str) else value
-        except (ValueError, SyntaxError):
-            parsed[key] = value
-    return parsed
-
-
-def _check_metadata(path: Path, metadata: Mapping[str, Any]) -> None:
-    missing = [key for key in REQUIRED_METADATA if key not in metadata]
-    if missing:
-        raise ModelLoadError(
-            f"{path}: exported file lacks Ultralytics metadata {missing}; the device runtime needs "
-            "them to read classes and input size; re-export with `promptlabel export`"
-        )
-
-
 def _reference_outputs(weights: Path, images: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """The PyTorch model's raw first output on ``images`` (float32, CPU)."""
     import torch
@@ -365,8 +344,8 @@ def verify_onnx(
         session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ModelLoadError(f"{onnx_file}: onnxruntime cannot load it ({exc})") from exc
-    metadata = parse_metadata(session.get_modelmeta().custom_metadata_map)
-    _check_metadata(onnx_file, metadata)
+    metadata = metadata_values(session.get_modelmeta().custom_metadata_map)
+    parse_metadata(metadata, source=str(onnx_file))
     imgsz = int(np.max(metadata["imgsz"]))
     images = sample_batch(imgsz, batch)
     model_input = session.get_inputs()[0]
@@ -408,7 +387,7 @@ def verify_engine(
     except Exception as exc:  # TensorRT deserialization errors come in many types
         raise ModelLoadError(f"{engine_file}: TensorRT cannot load it ({exc})") from exc
     metadata = dict(backend.metadata or {})
-    _check_metadata(engine_file, metadata)
+    check_required_metadata(metadata, source=str(engine_file))
     # The engine header is JSON, so its class ids come back as strings; AutoBackend's are ints.
     metadata["names"] = dict(backend.names)
     imgsz = int(np.max(metadata["imgsz"]))

@@ -6,9 +6,10 @@ A registry lives in a workspace folder::
     WORKSPACE/models/v<N>/         the version's files: model.pt, model.onnx, model.engine, ...
 
 Each version ``v1, v2, ...`` records its metrics, the label-set hash it was trained on, its
-training config, its parent, where it came from (``trained`` or ``imported``) and its files with
-their sha256. Numbers are never reused and are handed out inside a write transaction, so two
-processes registering at once get distinct versions.
+training config, its parent, where it came from (``trained`` or ``imported``), its files with
+their sha256 and the promptlabel version that registered it (``promptlabel_version``; None for
+versions registered before the registry recorded it). Numbers are never reused and are handed
+out inside a write transaction, so two processes registering at once get distinct versions.
 
 **Metrics** are a JSON object. The registry reads these keys (others are kept as they are)::
 
@@ -56,10 +57,12 @@ from typing import Any, Literal
 
 from labeler.core.exceptions import InputError, ModelLoadError, StoreError
 from labeler.core.images import sha256_file
+from labeler.core.version import __version__
 from labeler.store.sqlite import SqliteFile
 
 __all__ = [
     "DB_NAME",
+    "DEFAULT_PROMOTE_TOLERANCE",
     "Artifact",
     "EvalSet",
     "Evaluate",
@@ -71,7 +74,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 2: versions and promotions record the promptlabel version that wrote them.
+SCHEMA_VERSION = 2
 DB_NAME = "registry.db"
 MODELS_DIR = "models"
 _STAGING_PREFIX = ".staging-"
@@ -80,6 +84,7 @@ _STAGING_PREFIX = ".staging-"
 STALE_STAGING_AGE_S = 60 * 60
 _KIND_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _VERSION_PATTERN = re.compile(r"^[vV]?(\d+)$")
+DEFAULT_PROMOTE_TOLERANCE = 0.005  # mAP50-95 a candidate may lose to production and pass
 # The gate's comparison is inclusive; this absorbs float rounding of e.g. 0.5 - 0.005.
 _GATE_EPSILON = 1e-9
 
@@ -95,7 +100,8 @@ _SCHEMA = (
         dataset_hash TEXT,
         metrics TEXT NOT NULL,
         config TEXT NOT NULL,
-        stage TEXT NOT NULL DEFAULT 'none' CHECK (stage IN ('none', 'production'))
+        stage TEXT NOT NULL DEFAULT 'none' CHECK (stage IN ('none', 'production')),
+        promptlabel_version TEXT
     )""",
     # The database itself guarantees at most one production version.
     "CREATE UNIQUE INDEX IF NOT EXISTS one_production ON versions(stage) "
@@ -122,9 +128,18 @@ _SCHEMA = (
         tolerance REAL NOT NULL,
         eval_set TEXT,
         production_reevaluated INTEGER NOT NULL,
-        created_at TEXT NOT NULL
+        created_at TEXT NOT NULL,
+        promptlabel_version TEXT
     )""",
 )
+# Statements that bring a registry of schema n to n + 1 (added columns go last, as in _SCHEMA:
+# promotions are read with SELECT *). Rows written before a column existed read it as NULL.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE versions ADD COLUMN promptlabel_version TEXT",
+        "ALTER TABLE promotions ADD COLUMN promptlabel_version TEXT",
+    ),
+}
 
 
 def _now() -> str:
@@ -222,6 +237,8 @@ class ModelVersion:
     config: dict[str, Any]
     directory: Path
     artifacts: dict[str, Artifact] = field(default_factory=dict)
+    # The promptlabel that registered it; None when registered before the registry recorded it.
+    promptlabel_version: str | None = None
 
     @property
     def weights(self) -> Path:
@@ -243,7 +260,8 @@ class PromotionDecision:
     ``forced`` is True when ``force`` was given; ``reason`` then says whether the gate alone
     would have passed. The two scores are mAP50-95 on ``eval_set`` (None where not measured);
     ``production_reevaluated`` tells whether production's score was measured now or read from
-    its stored metrics.
+    its stored metrics. ``promptlabel_version`` is the promptlabel that decided (None for a
+    decision recorded before the registry recorded it).
     """
 
     id: int
@@ -258,6 +276,7 @@ class PromotionDecision:
     eval_set: EvalSet | None
     production_reevaluated: bool
     created_at: str
+    promptlabel_version: str | None = None
 
 
 @dataclass(frozen=True)
@@ -292,6 +311,7 @@ class Registry(SqliteFile):
             schema_version=SCHEMA_VERSION,
             what="the model registry",
             advice="use another workspace",
+            migrations=_MIGRATIONS,
         )
         self._sweep_stale_leftovers()
 
@@ -385,8 +405,16 @@ class Registry(SqliteFile):
             with self._transaction() as db:
                 cursor = db.execute(
                     "INSERT INTO versions (created_at, source, parent, dataset_hash, metrics, "
-                    "config) VALUES (?, ?, ?, ?, ?, ?)",
-                    (_now(), source, parent_number, dataset_hash, metrics_json, config_json),
+                    "config, promptlabel_version) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        _now(),
+                        source,
+                        parent_number,
+                        dataset_hash,
+                        metrics_json,
+                        config_json,
+                        __version__,
+                    ),
                 )
                 number = int(cursor.lastrowid or 0)
                 directory = self._directory(number)
@@ -529,13 +557,13 @@ class Registry(SqliteFile):
 
     def _load(self, number: int) -> ModelVersion:
         row = self._db.execute(
-            "SELECT created_at, source, parent, dataset_hash, metrics, config, stage "
-            "FROM versions WHERE number=?",
+            "SELECT created_at, source, parent, dataset_hash, metrics, config, stage, "
+            "promptlabel_version FROM versions WHERE number=?",
             (number,),
         ).fetchone()
         if row is None:
             raise InputError(f"unknown model version v{number}")
-        created_at, source, parent, dataset_hash, metrics, config, stage = row
+        created_at, source, parent, dataset_hash, metrics, config, stage, promptlabel_version = row
         directory = self._directory(number)
         artifacts = {
             kind: Artifact(kind, directory / file, sha256, int(size_bytes), bool(is_weights))
@@ -557,6 +585,7 @@ class Registry(SqliteFile):
             config=json.loads(config),
             directory=directory,
             artifacts=artifacts,
+            promptlabel_version=promptlabel_version,
         )
 
     # -- promotion --------------------------------------------------------------------------------
@@ -566,7 +595,7 @@ class Registry(SqliteFile):
         version: str,
         *,
         evaluate: Evaluate,
-        tolerance: float = 0.005,
+        tolerance: float = DEFAULT_PROMOTE_TOLERANCE,
         force: bool = False,
     ) -> PromotionDecision:
         """Make ``version`` production if it holds up against the current production.
@@ -702,7 +731,8 @@ class Registry(SqliteFile):
                 cursor = db.execute(
                     "INSERT INTO promotions (version, previous_production, promoted, forced, "
                     "reason, candidate_map50_95, production_map50_95, tolerance, eval_set, "
-                    "production_reevaluated, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    "production_reevaluated, created_at, promptlabel_version) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         candidate.number,
                         current,
@@ -715,6 +745,7 @@ class Registry(SqliteFile):
                         eval_set_json,
                         int(verdict.production_reevaluated),
                         created_at,
+                        __version__,
                     ),
                 )
                 decision_id = int(cursor.lastrowid or 0)
@@ -779,6 +810,7 @@ def _decision(row: tuple[Any, ...]) -> PromotionDecision:
         eval_set,
         reevaluated,
         created_at,
+        promptlabel_version,
     ) = row
     parsed = None
     if eval_set is not None:
@@ -797,6 +829,7 @@ def _decision(row: tuple[Any, ...]) -> PromotionDecision:
         eval_set=parsed,
         production_reevaluated=bool(reevaluated),
         created_at=created_at,
+        promptlabel_version=promptlabel_version,
     )
 
 
@@ -820,17 +853,12 @@ def _describe_onnx(file: Path) -> dict[str, Any]:
     file does not load or lacks the metadata the device runtime needs)."""
     import onnxruntime as ort
 
-    from distill.export import REQUIRED_METADATA, parse_metadata
+    from distill.model_metadata import REQUIRED_METADATA, check_required_metadata, metadata_values
 
     try:
         session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ModelLoadError(f"{file}: onnxruntime cannot load it ({exc})") from None
-    metadata = parse_metadata(session.get_modelmeta().custom_metadata_map)
-    missing = [key for key in REQUIRED_METADATA if key not in metadata]
-    if missing:
-        raise ModelLoadError(
-            f"{file}: lacks Ultralytics metadata {missing} (names, imgsz, stride, task); "
-            "export it with Ultralytics or `promptlabel export`"
-        )
+    metadata = metadata_values(session.get_modelmeta().custom_metadata_map)
+    check_required_metadata(metadata, source=str(file))
     return {key: metadata[key] for key in REQUIRED_METADATA}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.registry import EvalSet, ModelVersion, Registry, evaluation_metrics
-from distill.train import ProgressCallback, TrainResult, train
+from distill.train import DEFAULT_PATIENCE, ProgressCallback, TrainResult, train
 
 __all__ = ["RegisteredRun", "train_and_register"]
 
@@ -33,7 +33,7 @@ def train_and_register(
     imgsz: int,
     batch: int,
     device: str = "auto",
-    patience: int = 50,
+    patience: int = DEFAULT_PATIENCE,
     seed: int = 0,
     progress: ProgressCallback | None = None,
     stop_check: Callable[[], None] | None = None,

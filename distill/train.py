@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.dataset import DatasetInfo, Task, check_dataset
+from distill.settings import get_train_settings
 from distill.ultralytics_env import (
     import_ultralytics,
     load_yolo,
@@ -39,9 +40,13 @@ from distill.ultralytics_env import (
     ultralytics_device,
 )
 from labeler.core.exceptions import InputError, ModelLoadError
-from labeler.settings import get_settings
 
 __all__ = [
+    "DEFAULT_BASE",
+    "DEFAULT_BATCH",
+    "DEFAULT_EPOCHS",
+    "DEFAULT_IMGSZ",
+    "DEFAULT_PATIENCE",
     "RUN_FILE",
     "ProgressCallback",
     "TrainResult",
@@ -56,6 +61,12 @@ ProgressCallback = Callable[[int, int, dict[str, float]], None]
 """Called after each finished epoch as ``progress(epoch, epochs, metrics)``; epoch counts from 1."""
 
 RUN_FILE = "promptlabel-run.json"
+# What ``train`` and ``promptlabel train`` use unless told otherwise.
+DEFAULT_BASE = "yolo11n.pt"
+DEFAULT_EPOCHS = 100
+DEFAULT_IMGSZ = 640
+DEFAULT_BATCH = 16
+DEFAULT_PATIENCE = 50  # epochs without improvement before stopping
 _ASSETS_URL = "https://github.com/ultralytics/assets/releases"
 
 
@@ -139,7 +150,7 @@ def _variant_for_task(base: str, task: Task) -> str:
 
 
 def _weights_dir() -> Path:
-    return get_settings().cache_dir / "weights"
+    return get_train_settings().cache_dir / "weights"
 
 
 def _resolve_checkpoint(base: str) -> Path:
@@ -291,12 +302,12 @@ def _close_loaders(trainer: Any) -> None:
 def train(
     dataset_dir: str | Path,
     *,
-    base: str | Path = "yolo11n.pt",
-    epochs: int = 100,
-    imgsz: int = 640,
-    batch: int = 16,
+    base: str | Path = DEFAULT_BASE,
+    epochs: int = DEFAULT_EPOCHS,
+    imgsz: int = DEFAULT_IMGSZ,
+    batch: int = DEFAULT_BATCH,
     device: str = "auto",
-    patience: int = 50,
+    patience: int = DEFAULT_PATIENCE,
     seed: int = 0,
     out_dir: str | Path | None = None,
     workers: int | None = None,

@@ -20,6 +20,7 @@ from labeler.core.exceptions import (
     VerifierError,
     VerifierRateLimited,
 )
+from labeler.core.version import __version__
 from labeler.ontology import Ontology, OntologyClass, load_ontology, parse_ontology
 
 _LAZY = {
@@ -53,6 +54,7 @@ __all__ = [
     "VerifierError",
     "VerifierRateLimited",
     "Workspace",
+    "__version__",
     "export_dataset",
     "load_detector",
     "load_ontology",

@@ -21,10 +21,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from labeler.core.detections import Detections
+from labeler.core.detections import Detections, as_records
 from labeler.core.exceptions import DetectorError, ImageError, InputError
-from labeler.core.images import LoadedImage, iter_image_paths, load_image, sha256_file
-from labeler.export.dataset import ExportItem, export_dataset
+from labeler.core.images import (
+    DEFAULT_MAX_PIXELS,
+    LoadedImage,
+    iter_image_paths,
+    load_image,
+    sha256_file,
+)
+from labeler.core.version import __version__
+from labeler.export.dataset import (
+    DEFAULT_VAL_FRACTION,
+    ExportItem,
+    export_dataset,
+    unwritable_reasons,
+)
 from labeler.ontology import Ontology
 from labeler.propose.options import DetectorOptions
 from labeler.route import RouteThresholds, Status, route
@@ -36,7 +48,9 @@ from labeler.verify import (
     question_for,
     verdict_cache_key,
 )
+from labeler.verify.base import DEFAULT_CONCURRENCY, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT_S
 from labeler.verify.identity import VerifierIdentity, verifier_identity
+from labeler.verify.templates import DEFAULT_VERIFY_MODE
 
 if TYPE_CHECKING:
     import httpx
@@ -77,13 +91,15 @@ class LabelConfig:
     detector_options: DetectorOptions = field(default_factory=DetectorOptions)
     verifier: str = "none"
     verifier_url: str | None = None
-    verify_mode: str = "crop"
-    concurrency: int = 16
-    request_timeout_s: float = 60.0
-    max_retries: int = 5
+    # None: the backend's own variable (OPENAI_API_KEY, MOONDREAM_API_KEY). Never shown or stored.
+    verifier_api_key: str | None = field(default=None, repr=False)
+    verify_mode: str = DEFAULT_VERIFY_MODE
+    concurrency: int = DEFAULT_CONCURRENCY
+    request_timeout_s: float = DEFAULT_TIMEOUT_S
+    max_retries: int = DEFAULT_MAX_RETRIES
     thresholds: RouteThresholds = field(default_factory=RouteThresholds)
-    val_fraction: float = 0.2
-    max_image_pixels: int = 89_478_485
+    val_fraction: float = DEFAULT_VAL_FRACTION
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
     workspace_dir: Path | None = None
 
     @property
@@ -356,15 +372,29 @@ def _questions(config: LabelConfig) -> list[str | None]:
     return [question_for(c) for c in config.ontology.classes]
 
 
+def _unwritable(proposals: Detections, image_wh: tuple[int, int] | None) -> list[str | None]:
+    """Per proposal, why the dataset could not hold it (None: it can), by the exporter's rule."""
+    if image_wh is None:  # never decoded, so never exported either
+        return [None] * len(proposals)
+    return unwritable_reasons(proposals.xyxy, image_wh)
+
+
 def _box_keys(
-    sha256: str, proposals: Detections, questions: list[str | None], identity: Any, mode: str
+    sha256: str,
+    proposals: Detections,
+    questions: list[str | None],
+    identity: Any,
+    mode: str,
+    unwritable: Sequence[str | None],
 ) -> list[str | None]:
+    """Each proposal's verdict cache key; None where no verdict is wanted (the class is not
+    verified, or the box is rejected anyway because the dataset cannot hold it)."""
     keys: list[str | None] = []
-    for xyxy, class_id, _ in proposals:
+    for (xyxy, class_id, _), problem in zip(proposals, unwritable, strict=True):
         question = questions[class_id]
         keys.append(
             None
-            if question is None or identity is None
+            if question is None or identity is None or problem is not None
             else verdict_cache_key(
                 image_sha256=sha256,
                 xyxy=xyxy.tolist(),
@@ -401,9 +431,11 @@ def _verify(
         return stats
     identity = config.verifier_identity()
     work: list[_BoxWork] = []
+    sizes = workspace.image_sizes(scan.first_path)
     for sha in scan.first_path:
         proposals = workspace.load_proposals(sha, key)
-        keys = _box_keys(sha, proposals, questions, identity, config.verify_mode)
+        unwritable = _unwritable(proposals, sizes.get(sha))
+        keys = _box_keys(sha, proposals, questions, identity, config.verify_mode, unwritable)
         stored = workspace.get_verdicts(k for k in keys if k is not None)
         # Verdicts that ended in an error (no answer came) are asked again; answers, even
         # unclear ones, are kept.
@@ -435,6 +467,7 @@ def _verify(
             verifier = load_verifier(
                 config.verifier,
                 url=config.verifier_url,
+                api_key=config.verifier_api_key,
                 concurrency=config.concurrency,
                 mode=config.verify_mode,
                 timeout_s=config.request_timeout_s,
@@ -518,10 +551,13 @@ def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> 
     sizes = workspace.image_sizes(scan.first_path)
     for sha in sorted(scan.first_path):
         proposals = workspace.load_proposals(sha, key)
-        keys = _box_keys(sha, proposals, questions, identity, config.verify_mode)
+        # Re-checked on every routing, from the stored boxes: no threshold ever accepts them.
+        unwritable = _unwritable(proposals, sizes.get(sha))
+        keys = _box_keys(sha, proposals, questions, identity, config.verify_mode, unwritable)
         stored = workspace.get_verdicts(k for k in keys if k is not None)
         accepted: list[int] = []
         labels: list[dict[str, Any]] = []
+        records = as_records(proposals, names)
         for i, cache_key in enumerate(keys):
             verdict: StoredVerdict | None = stored.get(cache_key) if cache_key else None
             decision = route(
@@ -529,6 +565,7 @@ def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> 
                 verified=cache_key is not None,
                 yes_prob=verdict.yes_prob if verdict else None,
                 error=(verdict.error if verdict else "no verdict stored") if cache_key else None,
+                unwritable=unwritable[i],
                 thresholds=config.thresholds,
             )
             class_name = names[int(proposals.class_id[i])]
@@ -543,10 +580,7 @@ def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> 
             )
             labels.append(
                 {
-                    "class": class_name,
-                    "class_id": int(proposals.class_id[i]),
-                    "xyxy": [round(float(v), 2) for v in proposals.xyxy[i]],
-                    "score": round(float(proposals.confidence[i]), 4),
+                    **records[i],
                     "status": decision.status.value,
                     "reason": decision.reason,
                     "yes_prob": verdict.yes_prob if verdict else None,
@@ -560,9 +594,7 @@ def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> 
                     {
                         "path": str(scan.first_path[sha]),
                         "image_sha256": sha,
-                        "class": class_name,
-                        "xyxy": [round(float(v), 2) for v in proposals.xyxy[i]],
-                        "score": round(float(proposals.confidence[i]), 4),
+                        **records[i],
                         "reason": decision.reason,
                         "answer": verdict.raw if verdict else None,
                     }
@@ -678,6 +710,7 @@ def run_label(
                 "background": summary.background,
             },
             "provenance": {
+                "promptlabel_version": __version__,
                 "run_id": run_id,
                 "workspace": str(config.workspace),
                 "detector": config.detector,

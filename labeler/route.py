@@ -1,4 +1,8 @@
-"""Routing: every proposal ends accepted, rejected or needs_review; nothing is silently dropped."""
+"""Routing: every proposal ends accepted, rejected or needs_review; nothing is silently dropped.
+
+A proposal the dataset cannot hold (see ``labeler.export.dataset.writable_boxes``) is rejected
+whatever its scores, so every accepted box is a box in the export.
+"""
 
 from __future__ import annotations
 
@@ -54,13 +58,17 @@ def route(
     verified: bool,
     yes_prob: float | None = None,
     error: str | None = None,
+    unwritable: str | None = None,
     thresholds: RouteThresholds,
 ) -> RouteDecision:
     """Decide one proposal's status from stored scores; pure, so re-routing needs no model.
 
     ``verified`` is False when the class (or the whole run) skips verification; then ``yes_prob``
-    and ``error`` are ignored.
+    and ``error`` are ignored. ``unwritable`` says why the exporter could not write the box (None
+    when it can); such a box is rejected with that reason, whatever its scores and thresholds.
     """
+    if unwritable is not None:
+        return RouteDecision(Status.REJECTED, unwritable)
     low_score = detector_score < thresholds.review_below_score
     if not verified:
         if low_score:

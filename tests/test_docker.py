@@ -17,8 +17,8 @@ import pytest
 import typer
 import yaml
 
-from labeler.settings import Settings
 from serve.cli.main import app
+from serve.settings import ServiceSettings
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 DOCKERFILES = sorted(DOCKER.glob("Dockerfile.*"))
@@ -49,7 +49,7 @@ def _check_cli(argv: list[str], where: str) -> None:
 
 
 def _settings_fields() -> set[str]:
-    return {f"PROMPTLABEL_{name.upper()}" for name in Settings.model_fields}
+    return {f"PROMPTLABEL_{name.upper()}" for name in ServiceSettings.model_fields}
 
 
 def _service_env(service: dict[str, Any]) -> dict[str, str]:

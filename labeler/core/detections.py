@@ -1,19 +1,25 @@
 """The one record every stage speaks: boxes, classes and scores for one image.
 
 Modelled on supervision's ``Detections`` but numpy-only, so the device runtime can use it with the
-base install (numpy, pillow, onnxruntime).
+base install (numpy, pillow, onnxruntime). Model output enters through an adapter here
+(``from_ultralytics``) and leaves as JSON through one function (``as_records``), the record that
+``promptlabel predict --json``, ``POST /predict`` and ``labels.jsonl`` all write.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Detections"]
+__all__ = ["SCORE_DECIMALS", "XYXY_DECIMALS", "Detections", "as_records", "from_ultralytics"]
+
+# The one rounding rule of a detection record: a hundredth of a pixel, a ten-thousandth of score.
+XYXY_DECIMALS = 2
+SCORE_DECIMALS = 4
 
 
 @dataclass(eq=False)
@@ -108,3 +114,54 @@ class Detections:
             clipped, self.class_id, self.confidence, dict(self.data), dict(self.metadata)
         )
         return out[out.area > 0]
+
+
+def as_records(
+    detections: Detections, names: Sequence[str] | Mapping[int, str]
+) -> list[dict[str, Any]]:
+    """One JSON-ready record per box, in the order of ``detections``.
+
+    Each record is ``{"class_id": int, "class": str, "score": float, "xyxy": [x1, y1, x2, y2]}``:
+    ``class`` is ``names[class_id]``, ``score`` the confidence rounded to ``SCORE_DECIMALS``,
+    ``xyxy`` pixels of the original image rounded to ``XYXY_DECIMALS``. Callers may add keys of
+    their own (a labeler's status and verifier answer) but never redefine these.
+    """
+    return [
+        {
+            "class_id": class_id,
+            "class": names[class_id],
+            "score": round(score, SCORE_DECIMALS),
+            "xyxy": [round(float(v), XYXY_DECIMALS) for v in xyxy],
+        }
+        for xyxy, class_id, score in detections
+    ]
+
+
+def from_ultralytics(result: Any) -> Detections:
+    """Convert one Ultralytics ``Results`` into ``Detections`` (pixels of the original image).
+
+    ``metadata`` holds ``image_wh`` and ``path``; a segmentation result adds
+    ``data["polygon_xy"]``, one ``(k, 2)`` float32 polygon per box in original-image pixels.
+    Raises ValueError for results without axis-aligned boxes (classification, OBB). Reads the
+    result's tensors through ``.cpu().numpy()`` only, so this module never imports Ultralytics.
+    """
+    boxes = getattr(result, "boxes", None)
+    height, width = (int(v) for v in result.orig_shape)
+    metadata = {"image_wh": (width, height), "path": str(getattr(result, "path", ""))}
+    if boxes is None:
+        raise ValueError("from_ultralytics: the result has no axis-aligned boxes")
+    xyxy = boxes.xyxy.cpu().numpy().astype(np.float32).reshape(-1, 4)
+    data: dict[str, npt.NDArray[Any]] = {}
+    masks = getattr(result, "masks", None)
+    if masks is not None and len(xyxy):
+        polygons = np.empty(len(xyxy), dtype=object)
+        for index, polygon in enumerate(masks.xy):
+            polygons[index] = np.asarray(polygon, np.float32).reshape(-1, 2)
+        data["polygon_xy"] = polygons
+    return Detections(
+        xyxy=xyxy,
+        class_id=boxes.cls.cpu().numpy().astype(np.int64),
+        confidence=boxes.conf.cpu().numpy().astype(np.float32),
+        data=data,
+        metadata=metadata,
+    )

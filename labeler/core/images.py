@@ -17,6 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from labeler.core.exceptions import ImageError
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "MAX_SIDE",
     "DecodedImage",

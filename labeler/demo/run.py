@@ -22,7 +22,7 @@ from labeler.ontology import load_ontology
 from labeler.pipeline import LabelConfig, ProgressSink, run_label
 from labeler.propose.detector import Detector, load_detector
 from labeler.propose.options import DetectorOptions
-from labeler.settings import get_settings
+from labeler.settings import get_label_settings
 
 __all__ = ["DEMO_ONTOLOGY", "run_demo"]
 
@@ -59,7 +59,7 @@ def _go_offline_if_hub_unreachable(say: Callable[[str], None], timeout_s: float 
 def _load_demo_detector(
     say: Callable[[str], None], options: DetectorOptions
 ) -> tuple[str, Detector]:
-    settings = get_settings()
+    settings = get_label_settings()
     try:
         return settings.detector, load_detector(settings.detector, options)
     except ModelLoadError as error:
@@ -79,7 +79,7 @@ def _load_demo_detector(
 def _load_demo_verifier(say: Callable[[str], None]) -> tuple[str, Any]:
     from labeler.verify import load_verifier
 
-    settings = get_settings()
+    settings = get_label_settings()
     try:
         return settings.demo_verifier, load_verifier(settings.demo_verifier, concurrency=1)
     except ModelLoadError as error:
@@ -108,7 +108,7 @@ def run_demo(
     images_dir = out_dir / "images"
     write_sample_images(images_dir, n=n_images, seed=0)
     # The sample images hold at most a handful of shapes each.
-    options = DetectorOptions(box_threshold=0.3, text_threshold=0.25, max_det=20, batch_size=4)
+    options = DetectorOptions(box_threshold=0.3, max_det=20)
     _go_offline_if_hub_unreachable(say)
     detector_id, detector = _load_demo_detector(say, options)
     verifier_spec, verifier = _load_demo_verifier(say)

@@ -61,19 +61,23 @@ from labeler.core.exceptions import ImageError, InputError
 from labeler.core.images import load_image
 
 __all__ = [
+    "DEFAULT_VAL_FRACTION",
     "MIN_BOX_SIDE_PX",
     "ExportItem",
     "ExportSummary",
     "export_dataset",
     "split_for",
+    "unwritable_reasons",
+    "writable_boxes",
 ]
 
 logger = logging.getLogger(__name__)
 
 Split = Literal["train", "val"]
 SPLITS: tuple[Split, Split] = ("train", "val")
-# Boxes narrower or shorter than this after clipping are dropped: they carry no trainable signal
-# and would round to zero width in a 6-decimal YOLO row of a large image.
+DEFAULT_VAL_FRACTION = 0.2  # share of images in the val split
+# Boxes narrower or shorter than this after clipping are dropped (``writable_boxes``): they carry
+# no trainable signal and would round to zero width in a 6-decimal YOLO row of a large image.
 MIN_BOX_SIDE_PX = 1.0
 MANAGED = ("images", "labels", "annotations", "data.yaml")
 _MARKER = ".promptlabel-export"
@@ -119,6 +123,9 @@ class ExportSummary:
     skipped: dict[str, str] = field(default_factory=dict)
     # image sha256 -> where the image is in the dataset: "images/<split>/<file name>"
     files: dict[str, str] = field(default_factory=dict)
+    # Boxes given but not written (see ``writable_boxes``); the label run routes such boxes
+    # rejected, so from it this is always 0.
+    dropped_boxes: int = 0
 
     @property
     def data_yaml(self) -> Path:
@@ -257,21 +264,56 @@ def _check_size(item: ExportItem, image_wh: tuple[int, int]) -> None:
         )
 
 
+def writable_boxes(
+    xyxy: npt.ArrayLike, image_wh: tuple[int, int]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """The exporter's one rule for which boxes a dataset can hold, and the boxes as it writes them.
+
+    Returns the ``(n, 4)`` boxes clipped to the image (float64 pixels) and a mask of those whose
+    width and height are both at least ``MIN_BOX_SIDE_PX`` after clipping: only these are
+    written, to the YOLO rows and the COCO annotations alike (no image the labeler reads is over
+    ``MAX_SIDE`` = 65535 px a side, so such a box is at least 1.5e-5 of it and never reads 0 in a
+    6-decimal YOLO row). The label run routes proposals with the same function, so a box it
+    accepts is a box the dataset holds.
+    """
+    width, height = image_wh
+    clipped32 = np.array(xyxy, dtype=np.float32).reshape(-1, 4)
+    clipped32[:, [0, 2]] = clipped32[:, [0, 2]].clip(0, width)
+    clipped32[:, [1, 3]] = clipped32[:, [1, 3]].clip(0, height)
+    clipped = clipped32.astype(np.float64)
+    sides = clipped[:, 2:] - clipped[:, :2]
+    # A NaN side compares False: a box with a NaN coordinate is never written.
+    keep = np.all(sides >= MIN_BOX_SIDE_PX, axis=1)
+    return clipped, keep
+
+
+def unwritable_reasons(xyxy: npt.ArrayLike, image_wh: tuple[int, int]) -> list[str | None]:
+    """Per box, None when ``writable_boxes`` keeps it, else why the dataset cannot hold it."""
+    clipped, keep = writable_boxes(xyxy, image_wh)
+    sides = clipped[:, 2:] - clipped[:, :2]
+    return [
+        None
+        if ok
+        else (
+            f"too small to export: {w:.2f}x{h:.2f} px inside the {image_wh[0]}x{image_wh[1]} "
+            f"image, under {MIN_BOX_SIDE_PX:g} px a side"
+        )
+        for ok, (w, h) in zip(keep.tolist(), sides.tolist(), strict=True)
+    ]
+
+
 def _boxes(
     item: ExportItem, image_wh: tuple[int, int], n_classes: int
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-    """Boxes clipped to the image, with boxes under ``MIN_BOX_SIDE_PX`` a side dropped."""
+    """Boxes clipped to the image, those ``writable_boxes`` rejects dropped."""
     class_id = item.detections.class_id
     if len(class_id) and (class_id.min() < 0 or class_id.max() >= n_classes):
         raise ValueError(
             f"export_dataset: {item.source_path} has class ids {sorted(set(class_id.tolist()))}, "
             f"but there are only {n_classes} class names"
         )
-    clipped = item.detections.with_clipped_boxes(image_wh)
-    xyxy = clipped.xyxy.astype(np.float64)
-    sides = xyxy[:, 2:] - xyxy[:, :2]
-    keep = (sides >= MIN_BOX_SIDE_PX).all(axis=1)
-    return xyxy[keep], clipped.class_id[keep]
+    xyxy, keep = writable_boxes(item.detections.xyxy, image_wh)
+    return xyxy[keep], class_id[keep]
 
 
 def _jpeg_end(data: bytes) -> int | None:
@@ -444,7 +486,7 @@ def export_dataset(
     class_names: Sequence[str],
     out_dir: Path,
     *,
-    val_fraction: float = 0.2,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     link: bool = True,
 ) -> ExportSummary:
     """Write ``items`` as a YOLO + COCO dataset in ``out_dir``, replacing a previous export.
@@ -520,6 +562,12 @@ def export_dataset(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
+    dropped_boxes = sum(len(entry.item.detections) - len(entry.xyxy) for entry in staged)
+    if dropped_boxes:
+        logger.warning(
+            "export_dataset: left out %d boxes too small to write (see writable_boxes)",
+            dropped_boxes,
+        )
     logger.info(
         "exported %d train and %d val images (%d background) to %s",
         images["train"],
@@ -534,4 +582,5 @@ def export_dataset(
         out_dir=out_dir,
         skipped=skipped,
         files=files,
+        dropped_boxes=dropped_boxes,
     )

@@ -35,14 +35,13 @@ from transformers import AutoConfig, AutoModelForZeroShotObjectDetection, AutoPr
 from labeler.core.detections import Detections
 from labeler.core.exceptions import InputError, ModelLoadError
 from labeler.ontology import Ontology
-from labeler.propose.options import DTYPE_NAMES, DetectorOptions
+from labeler.propose.options import DEFAULT_DETECTOR, DTYPE_NAMES, DetectorOptions
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "Detector", "DetectorOptions", "load_detector"]
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
-_EXAMPLE_HUB_ID = "IDEA-Research/grounding-dino-tiny"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -609,7 +608,7 @@ def load_detector(model: str | Path, options: DetectorOptions | None = None) -> 
         where = f"local directory {source}"
         fix = (
             "Pass a directory written by `hf download "
-            f"{_EXAMPLE_HUB_ID} --local-dir DIR` (or by save_pretrained) holding config.json, "
+            f"{DEFAULT_DETECTOR} --local-dir DIR` (or by save_pretrained) holding config.json, "
             "the weights and the processor and tokenizer files; download again if files are "
             "missing or damaged"
         )
@@ -642,7 +641,7 @@ def load_detector(model: str | Path, options: DetectorOptions | None = None) -> 
             f"{config.model_type!r} is not a supported zero-shot detector. Supported families "
             "(config model_type): Grounding DINO (grounding-dino), MM Grounding DINO "
             "(mm-grounding-dino), OWLv2 (owlv2), OWL-ViT (owlvit), OmDet-Turbo (omdet-turbo). "
-            f"Pass e.g. --detector {_EXAMPLE_HUB_ID}."
+            f"Pass e.g. --detector {DEFAULT_DETECTOR}."
         )
     try:
         processor = AutoProcessor.from_pretrained(source)

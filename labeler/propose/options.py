@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from labeler.core.exceptions import InputError
 
-__all__ = ["DTYPE_NAMES", "DetectorOptions"]
+__all__ = ["DEFAULT_DETECTOR", "DTYPE_NAMES", "DetectorOptions"]
 
+DEFAULT_DETECTOR = "IDEA-Research/grounding-dino-tiny"  # the Hub id used when none is chosen
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 
 

@@ -6,7 +6,7 @@ The label workspace and the model registry are both such a file; this is the par
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
@@ -20,7 +20,11 @@ class SqliteFile:
     """Opens ``db_path`` (creating its folder), applies ``schema`` and checks ``schema_version``.
 
     ``what`` names the file in errors ("workspace database"); ``advice`` says what to do when the
-    file's schema is of another version. One instance holds one connection for one thread.
+    file's schema is of another version. ``migrations[n]`` are the statements that bring a file
+    of schema ``n`` to ``n + 1``; a file of an older schema is migrated step by step, in the
+    transaction that opens it, before ``schema`` is applied (so ``schema`` may name new
+    columns). A newer file, or an older one without a migration, is refused. One instance holds
+    one connection for one thread.
     """
 
     def __init__(
@@ -31,8 +35,10 @@ class SqliteFile:
         schema_version: int,
         what: str,
         advice: str,
+        migrations: Mapping[int, Sequence[str]] | None = None,
     ) -> None:
         self.db_path = db_path
+        migrations = migrations or {}
         try:
             db_path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: transactions are opened explicitly (BEGIN IMMEDIATE), one per
@@ -46,17 +52,26 @@ class SqliteFile:
             self._db.execute("PRAGMA foreign_keys=ON")
             with self._transaction() as db:
                 db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+                row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                found = None if row is None else int(row[0])
+                if found is not None and found != schema_version:
+                    steps = range(found, schema_version)
+                    if found > schema_version or any(step not in migrations for step in steps):
+                        raise StoreError(
+                            f"{db_path}: {what} schema v{found} is not supported by this "
+                            f"version (v{schema_version}); {advice}"
+                        )
+                    for step in steps:
+                        for statement in migrations[step]:
+                            db.execute(statement)
+                    db.execute(
+                        "UPDATE meta SET value=? WHERE key='schema_version'", (str(schema_version),)
+                    )
                 for statement in schema:
                     db.execute(statement)
-                row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-                if row is None:
+                if found is None:
                     db.execute(
                         "INSERT INTO meta VALUES ('schema_version', ?)", (str(schema_version),)
-                    )
-                elif int(row[0]) != schema_version:
-                    raise StoreError(
-                        f"{db_path}: {what} schema v{row[0]} is not supported by this version "
-                        f"(v{schema_version}); {advice}"
                     )
         except sqlite3.DatabaseError as exc:
             self._db.close()

@@ -27,6 +27,7 @@ from labeler.ontology import OntologyClass
 from labeler.verify.parse import Answer, ScoredToken, marks_yes_probs, parse_marks, parse_yes_no
 from labeler.verify.render import CropOptions, MarksOptions, crop_with_context, draw_marks
 from labeler.verify.templates import (
+    DEFAULT_VERIFY_MODE,
     Mode,
     TemplateSet,
     check_verify_mode,
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
     pass
 
 __all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_MAX_RETRIES",
+    "DEFAULT_TIMEOUT_S",
     "Answer",
     "Completion",
     "LoopLocal",
@@ -51,6 +55,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_CONCURRENCY = 16  # verifier requests in flight at once
+# For the backends that speak HTTP: one request's limit, and retries after a 429, 5xx or timeout.
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_RETRIES = 5
 MAX_MARKS_PER_CALL = 20
 _MAX_ERROR_CHARS = 500
 
@@ -165,8 +173,8 @@ class VerifierBase(ABC):
         self,
         *,
         model_id: str,
-        mode: str = "crop",
-        concurrency: int = 16,
+        mode: str = DEFAULT_VERIFY_MODE,
+        concurrency: int = DEFAULT_CONCURRENCY,
         crop_options: CropOptions = CropOptions(),  # noqa: B008 - frozen dataclass
         marks_options: MarksOptions = MarksOptions(),  # noqa: B008 - frozen dataclass
         max_marks_per_call: int = MAX_MARKS_PER_CALL,

@@ -23,10 +23,17 @@ import httpx
 from PIL import Image
 
 from labeler.core.exceptions import InputError, VerifierError, VerifierRateLimited
-from labeler.verify.base import Completion, VerifierBase
+from labeler.verify.base import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    Completion,
+    VerifierBase,
+)
 from labeler.verify.http_client import verifier_http_client
 from labeler.verify.identity import MOONDREAM_DEFAULT_ENDPOINT as DEFAULT_ENDPOINT
 from labeler.verify.render import encode_jpeg_data_url
+from labeler.verify.templates import DEFAULT_VERIFY_MODE
 
 __all__ = ["DEFAULT_ENDPOINT", "MoondreamVerifier"]
 
@@ -60,10 +67,10 @@ class MoondreamVerifier(VerifierBase):
         *,
         url: str | None = None,
         api_key: str | None = None,
-        mode: str = "crop",
-        concurrency: int = 16,
-        timeout_s: float = 60.0,
-        max_retries: int = 5,
+        mode: str = DEFAULT_VERIFY_MODE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         retry_base_delay_s: float = 0.5,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:

@@ -21,11 +21,18 @@ from openai.types.chat import ChatCompletion
 from PIL import Image
 
 from labeler.core.exceptions import InputError, VerifierError
-from labeler.verify.base import Completion, VerifierBase
+from labeler.verify.base import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    Completion,
+    VerifierBase,
+)
 from labeler.verify.http_client import verifier_http_client
 from labeler.verify.identity import openai_base_url
 from labeler.verify.parse import yes_prob_from_logprob_positions
 from labeler.verify.render import encode_jpeg_data_url
+from labeler.verify.templates import DEFAULT_VERIFY_MODE
 
 __all__ = ["OpenAIVerifier"]
 
@@ -79,10 +86,10 @@ class OpenAIVerifier(VerifierBase):
         *,
         url: str | None = None,
         api_key: str | None = None,
-        mode: str = "crop",
-        concurrency: int = 16,
-        timeout_s: float = 60.0,
-        max_retries: int = 5,
+        mode: str = DEFAULT_VERIFY_MODE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         http_client: httpx.AsyncClient | None = None,
         retry_backoff_scale: float = 1.0,
     ) -> None:

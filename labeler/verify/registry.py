@@ -7,12 +7,17 @@ imports torch; ``labeler.verify.base`` imports no backend, and each backend impo
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from labeler.core.exceptions import InputError
-from labeler.verify.base import Verifier
-from labeler.verify.templates import check_verify_mode
+from labeler.verify.base import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT_S,
+    Verifier,
+)
+from labeler.verify.templates import DEFAULT_VERIFY_MODE, check_verify_mode
 
 if TYPE_CHECKING:
     import httpx
@@ -37,13 +42,15 @@ VALID_SPECS = (
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """Everything ``load_verifier`` hands a backend besides the model name."""
+    """Everything ``load_verifier`` hands a backend besides the model name. ``api_key`` None:
+    the backend's own variable (``OPENAI_API_KEY``, ``MOONDREAM_API_KEY``)."""
 
     url: str | None = None
-    concurrency: int = 16
-    mode: str = "crop"
-    timeout_s: float = 60.0
-    max_retries: int = 5
+    api_key: str | None = field(default=None, repr=False)
+    concurrency: int = DEFAULT_CONCURRENCY
+    mode: str = DEFAULT_VERIFY_MODE
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    max_retries: int = DEFAULT_MAX_RETRIES
     http_client: httpx.AsyncClient | None = None
     device: str = "auto"
 
@@ -55,6 +62,7 @@ def _load_openai(model: str | None, options: LoadOptions) -> Verifier:
     return OpenAIVerifier(
         model,
         url=options.url,
+        api_key=options.api_key,
         mode=options.mode,
         concurrency=options.concurrency,
         timeout_s=options.timeout_s,
@@ -78,6 +86,7 @@ def _load_moondream(model: str | None, options: LoadOptions) -> Verifier:
     return MoondreamVerifier(
         model,
         url=options.url,
+        api_key=options.api_key,
         mode=options.mode,
         concurrency=options.concurrency,
         timeout_s=options.timeout_s,
@@ -126,14 +135,16 @@ def load_verifier(
     spec: str,
     *,
     url: str | None = None,
-    concurrency: int = 16,
-    mode: str = "crop",
-    timeout_s: float = 60.0,
-    max_retries: int = 5,
+    api_key: str | None = None,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    mode: str = DEFAULT_VERIFY_MODE,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_retries: int = DEFAULT_MAX_RETRIES,
     http_client: httpx.AsyncClient | None = None,
     device: str = "auto",
 ) -> Verifier | None:
-    """The verifier a spec names, ready to use; None for ``"none"``.
+    """The verifier a spec names, ready to use; None for ``"none"``. ``url`` and ``api_key`` are
+    for the backends that speak HTTP; without them each uses its own variables and default.
 
     Raises InputError for a bad spec, mode or option (and for a missing API key), and
     ModelLoadError when a local model cannot be loaded.
@@ -150,6 +161,7 @@ def load_verifier(
         return None
     options = LoadOptions(
         url=url,
+        api_key=api_key,
         concurrency=concurrency,
         mode=mode,
         timeout_s=timeout_s,

@@ -18,6 +18,7 @@ from typing import Literal
 from labeler.core.exceptions import InputError
 
 __all__ = [
+    "DEFAULT_VERIFY_MODE",
     "MODES",
     "Mode",
     "TemplateSet",
@@ -30,6 +31,7 @@ __all__ = [
 
 Mode = Literal["crop", "marks"]
 MODES: tuple[Mode, ...] = ("crop", "marks")
+DEFAULT_VERIFY_MODE: Mode = "crop"
 
 
 def check_verify_mode(mode: str, *, name: str = "verify mode") -> Mode:

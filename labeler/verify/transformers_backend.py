@@ -16,8 +16,9 @@ from typing import Any
 from PIL import Image
 
 from labeler.core.exceptions import ModelLoadError
-from labeler.verify.base import Completion, LoopLocal, VerifierBase
+from labeler.verify.base import DEFAULT_CONCURRENCY, Completion, LoopLocal, VerifierBase
 from labeler.verify.parse import ScoredToken, normalize_token
+from labeler.verify.templates import DEFAULT_VERIFY_MODE
 
 __all__ = ["TransformersVerifier", "answer_token_ids", "resolve_device"]
 
@@ -89,8 +90,8 @@ class TransformersVerifier(VerifierBase):
         self,
         source: str,
         *,
-        mode: str = "crop",
-        concurrency: int = 16,
+        mode: str = DEFAULT_VERIFY_MODE,
+        concurrency: int = DEFAULT_CONCURRENCY,
         device: str = "auto",
     ) -> None:
         """Load ``source`` (a Hub id or a local folder); raises ModelLoadError when it cannot."""

@@ -22,7 +22,6 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labeler.core.exceptions import InputError, ModelLoadError, PromptlabelError
-from labeler.settings import Settings
 from serve.api.routes import health, images, jobs, models, projects
 from serve.api.schemas import error_responses
 from serve.db import LOOKUP_CONNECTIONS, Database
@@ -30,6 +29,7 @@ from serve.errors import ConflictError, NotFoundError
 from serve.ingest.fetch import DNS_LOOKUPS_AT_ONCE
 from serve.ingest.uploads import DECODE_SLOT_COUNT
 from serve.jobs.worker import ModelCache, Worker
+from serve.settings import ServiceSettings
 from serve.telemetry import HTTP_REQUESTS, HTTP_SECONDS, job_log_context
 
 __all__ = ["create_app"]
@@ -225,7 +225,9 @@ class Observe:
             HTTP_SECONDS.labels(method, path).observe(time.perf_counter() - started)
 
 
-def create_app(settings: Settings, *, db: Database | None = None, workers: int = 0) -> FastAPI:
+def create_app(
+    settings: ServiceSettings, *, db: Database | None = None, workers: int = 0
+) -> FastAPI:
     """The service app; ``workers`` in-process workers run jobs while it serves."""
     database = db or Database(settings.database_url, data_dir=settings.data_dir)
     stop = threading.Event()

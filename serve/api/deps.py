@@ -12,12 +12,12 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from labeler.settings import Settings
 from serve.api.auth import Principal, authenticate
 from serve.db import Database
 from serve.errors import NotFoundError
+from serve.settings import ServiceSettings
 
-__all__ = ["CurrentPrincipal", "Db", "Offset", "ProjectId", "ServiceSettings", "run_in_app_pool"]
+__all__ = ["CurrentPrincipal", "CurrentSettings", "Db", "Offset", "ProjectId", "run_in_app_pool"]
 
 T = TypeVar("T")
 
@@ -32,14 +32,14 @@ async def _db(request: Request) -> Database:
     return db
 
 
-async def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
+async def _settings(request: Request) -> ServiceSettings:
+    settings: ServiceSettings = request.app.state.settings
     return settings
 
 
 # Dependencies without I/O are async: FastAPI runs sync ones in the thread pool, a hop each.
 Db = Annotated[Database, Depends(_db)]
-ServiceSettings = Annotated[Settings, Depends(_settings)]
+CurrentSettings = Annotated[ServiceSettings, Depends(_settings)]
 
 
 async def _principal(

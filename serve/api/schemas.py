@@ -8,7 +8,9 @@ from typing import Any, Literal, overload
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "DetectionPublic",
     "ErrorBody",
+    "HealthPublic",
     "ImagePublic",
     "ImageUploadResult",
     "JobProgressPublic",
@@ -182,7 +184,8 @@ class JobPublic(BaseModel):
     eta_s: float | None = Field(description="Seconds to go, from the pace so far; null if unknown.")
     result: dict[str, Any] | None = Field(
         description="Once succeeded. Labeling: labels per status and class, verifier calls and "
-        "errors, timings. Training: model_version and metrics."
+        "errors, timings. Training: model_version and metrics. Both: provenance, with the "
+        "promptlabel_version that ran the job."
     )
     error: str | None
     created_at: datetime
@@ -235,7 +238,16 @@ class ModelPublic(BaseModel):
     parent: str | None
 
 
+class HealthPublic(BaseModel):
+    status: Literal["ok"]
+    database: str = Field(description="The database's dialect: sqlite or postgresql.")
+    version: str = Field(description="The server's promptlabel version.")
+
+
 class ServiceOptions(BaseModel):
+    version: str = Field(
+        description="The server's promptlabel version, the one its jobs' results record."
+    )
     detectors: list[str] = Field(description="Names for a labeling job's `detector`.")
     verifiers: list[str] = Field(description="Names for a labeling job's `verifier`.")
     train_bases: list[str] = Field(description="Names for a training job's `base`.")
@@ -244,7 +256,21 @@ class ServiceOptions(BaseModel):
     )
 
 
+class DetectionPublic(BaseModel):
+    """One box: the record ``labeler.core.detections.as_records`` makes, the same that
+    ``promptlabel predict --json`` prints and ``labels.jsonl`` holds. ``class_name`` is read and
+    written as ``class``: dump with ``by_alias=True``."""
+
+    class_id: int = Field(description="Index into the model's class names.")
+    class_name: str = Field(alias="class", description="The class's name.")
+    score: float = Field(description="The model's confidence in [0, 1], to 4 decimals.")
+    xyxy: tuple[float, float, float, float] = Field(
+        description="Left, top, right, bottom in pixels of the image (EXIF orientation applied), "
+        "to 0.01 px."
+    )
+
+
 class PredictResult(BaseModel):
     model_version: str
-    image_wh: tuple[int, int]
-    detections: list[dict[str, Any]]
+    image_wh: tuple[int, int] = Field(description="Width and height of the image in pixels.")
+    detections: list[DetectionPublic] = Field(description="Boxes at or above `conf`.")

@@ -13,18 +13,38 @@ import typer
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
+from distill.settings import TrainSettings, get_train_settings
+from distill.train import (
+    DEFAULT_BASE,
+    DEFAULT_BATCH,
+    DEFAULT_EPOCHS,
+    DEFAULT_IMGSZ,
+    DEFAULT_PATIENCE,
+)
 from labeler.core.exceptions import InputError, PromptlabelError
-from labeler.settings import get_settings
-from serve.cli.common import console, fail, make_progress, setup_logging
+from serve.cli.common import (
+    console,
+    env_default,
+    fail,
+    make_progress,
+    print_json,
+    results,
+    settings_or_exit,
+    setup_logging,
+)
 
 if TYPE_CHECKING:
-    from distill.registry import ModelVersion, Registry
+    from distill.registry import ModelVersion, PromotionDecision, Registry
 
 __all__ = ["eval_command", "export_command", "models_app", "train_command"]
 
 models_app = typer.Typer(
     help="The model registry: list, show, promote, import.", no_args_is_help=True
 )
+
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON on stdout instead of a table.")
+]
 
 WorkspaceOption = Annotated[
     Path | None,
@@ -36,7 +56,7 @@ WorkspaceOption = Annotated[
 
 
 def _workspace(option: Path | None, *, must_exist: bool = True) -> Path:
-    workspace = option or get_settings().workspace or Path(".promptlabel")
+    workspace = option or settings_or_exit(get_train_settings).workspace or Path(".promptlabel")
     if must_exist and not (workspace / "registry.db").exists():
         raise InputError(
             f"no model registry in {workspace}: pass --workspace DATASET_DIR/.promptlabel "
@@ -88,12 +108,14 @@ def train_command(
     dataset_dir: Annotated[Path, typer.Argument(help="A dataset written by `promptlabel label`.")],
     base: Annotated[
         str, typer.Option(help="Starting weights (.pt) or an architecture (.yaml, from scratch).")
-    ] = "yolo11n.pt",
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 100,
-    imgsz: Annotated[int, typer.Option(help="Training image size.")] = 640,
-    batch: Annotated[int, typer.Option(help="Batch size.")] = 16,
+    ] = DEFAULT_BASE,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = DEFAULT_EPOCHS,
+    imgsz: Annotated[int, typer.Option(help="Training image size.")] = DEFAULT_IMGSZ,
+    batch: Annotated[int, typer.Option(help="Batch size.")] = DEFAULT_BATCH,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    patience: Annotated[int, typer.Option(help="Epochs without improvement before stopping.")] = 50,
+    patience: Annotated[
+        int, typer.Option(help="Epochs without improvement before stopping.")
+    ] = DEFAULT_PATIENCE,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     workspace: Annotated[
         Path | None,
@@ -164,17 +186,22 @@ def eval_command(
         int | None, typer.Option(help="Inference size (default: the model's).")
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    as_json: JsonOption = False,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write metrics here.")
+        Path | None, typer.Option("--json-out", help="Also write the metrics as JSON here.")
     ] = None,
     workspace: WorkspaceOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Evaluate any model on DATASET_DIR: mAP50, mAP50-95, per-class precision/recall, speed."""
+    """Evaluate any model on DATASET_DIR: mAP50, mAP50-95, per-class precision/recall, speed.
+
+    The table (or with --json, the metrics as JSON) goes to stdout.
+    """
     setup_logging(verbose)
     from dataclasses import asdict
 
     from distill.evaluate import evaluate
+    from labeler.core.version import __version__
 
     try:
         weights = _resolve_model(model, workspace)
@@ -182,14 +209,17 @@ def eval_command(
             result = evaluate(weights, dataset_dir, split=split, imgsz=imgsz, device=device)
     except PromptlabelError as error:
         raise fail(str(error)) from None
-    metrics = asdict(result)
-    console.print(_metrics_table(f"{weights} on {dataset_dir} ({split})", metrics))
-    console.print(
+    metrics = asdict(result) | {"promptlabel_version": __version__}
+    if json_out is not None:
+        json_out.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+    if as_json:
+        print_json(metrics)
+        return
+    results.print(_metrics_table(f"{weights} on {dataset_dir} ({split})", metrics))
+    results.print(
         f"speed: {result.ms_per_image:.1f} ms per image end to end, {result.n_images} images",
         highlight=False,
     )
-    if json_out is not None:
-        json_out.write_text(json.dumps(metrics, indent=2, default=str) + "\n")
 
 
 def _version_row(version: ModelVersion) -> list[str]:
@@ -206,14 +236,25 @@ def _version_row(version: ModelVersion) -> list[str]:
     ]
 
 
+def _version_record(version: ModelVersion) -> dict[str, Any]:
+    """Everything recorded about a version, as plain JSON values (paths as strings)."""
+    from dataclasses import asdict
+
+    record: dict[str, Any] = json.loads(json.dumps(asdict(version), default=str))
+    return record
+
+
 @models_app.command("list")
-def models_list(workspace: WorkspaceOption = None) -> None:
-    """List registered versions with their metrics and stage."""
+def models_list(workspace: WorkspaceOption = None, as_json: JsonOption = False) -> None:
+    """List registered versions with their metrics and stage (--json: every recorded field)."""
     try:
         with _open_registry(workspace) as registry:
             versions = registry.list()
     except PromptlabelError as error:
         raise fail(str(error)) from None
+    if as_json:
+        print_json([_version_record(version) for version in versions])
+        return
     table = Table(header_style="bold")
     for column in ("version", "stage", "source", "mAP50-95", "mAP50", "parent", "dataset"):
         table.add_column(column, no_wrap=True)
@@ -221,15 +262,17 @@ def models_list(workspace: WorkspaceOption = None) -> None:
     table.add_column("created")
     for version in versions:
         table.add_row(*_version_row(version))
-    console.print(table)
+    results.print(table)
 
 
 @models_app.command("show")
 def models_show(
     version: Annotated[str, typer.Argument(help="Version, e.g. v2.")],
     workspace: WorkspaceOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Everything recorded about one version, as JSON on stdout."""
+    """Everything recorded about one version: provenance, metrics, files, promotion decisions
+    (--json: every field, the decisions under "promotions")."""
     from dataclasses import asdict
 
     try:
@@ -238,16 +281,69 @@ def models_show(
             decisions = registry.promotions(found.version)
     except PromptlabelError as error:
         raise fail(str(error)) from None
-    payload = asdict(found) | {"promotions": [asdict(d) for d in decisions]}
-    typer.echo(json.dumps(payload, indent=2, default=str))
+    if as_json:
+        print_json(_version_record(found) | {"promotions": [asdict(d) for d in decisions]})
+        return
+    _print_version(found, decisions)
+
+
+def _print_version(version: ModelVersion, decisions: list[PromotionDecision]) -> None:
+    results.print(
+        f"[bold]{version.version}[/] ({version.stage}), {version.source} {version.created_at}",
+        highlight=False,
+    )
+    provenance = {
+        "parent": version.parent,
+        "dataset hash": version.dataset_hash,
+        "promptlabel": version.promptlabel_version,
+        "folder": version.directory,
+    }
+    for name, value in provenance.items():
+        results.print(f"  {name + ':':<14}{_fmt(value)}", highlight=False, soft_wrap=True)
+    if version.config:
+        results.print("config:", highlight=False)
+        for name, value in version.config.items():
+            shown = value if isinstance(value, str) else json.dumps(value, default=str)
+            results.print(f"  {name + ':':<14}{shown}", highlight=False, soft_wrap=True)
+    if version.metrics:
+        eval_set = version.eval_set
+        where = f" on {eval_set.data} ({eval_set.split})" if eval_set else ""
+        results.print(f"metrics{where}:", highlight=False, soft_wrap=True)
+        results.print(_metrics_table("", version.metrics))
+    results.print("artifacts:")
+    files = Table("kind", "file", "sha256", header_style="bold")
+    files.add_column("bytes", justify="right")
+    for artifact in version.artifacts.values():
+        kind = f"{artifact.kind} (weights)" if artifact.is_weights else artifact.kind
+        files.add_row(kind, artifact.path.name, artifact.sha256[:12], str(artifact.size_bytes))
+    results.print(files)
+    if decisions:
+        results.print("promotion decisions:")
+        table = Table(header_style="bold")
+        for column in ("when", "decision", "candidate", "production", "reason"):
+            table.add_column(column, no_wrap=column != "reason")
+        for decision in decisions:
+            verdict = "promoted" if decision.promoted else "refused"
+            table.add_row(
+                decision.created_at,
+                f"{verdict} (forced)" if decision.forced else verdict,
+                _fmt(decision.candidate_map50_95),
+                _fmt(decision.production_map50_95),
+                decision.reason,
+            )
+        results.print(table)
 
 
 @models_app.command("promote")
 def models_promote(
     version: Annotated[str, typer.Argument(help="Version to make production.")],
     tolerance: Annotated[
-        float, typer.Option(help="How much lower mAP50-95 than production may be.")
-    ] = get_settings().promote_tolerance,
+        float | None,
+        typer.Option(
+            help="How much lower mAP50-95 than production may be.",
+            show_default=env_default(TrainSettings, "promote_tolerance"),
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Promote even if the gate fails.")] = False,
     device: Annotated[str, typer.Option(help="Device for the evaluation.")] = "auto",
     workspace: WorkspaceOption = None,
@@ -255,6 +351,8 @@ def models_promote(
     """Promote a version if it is not worse than production on production's evaluation set."""
     from distill.registry import evaluation_metrics
 
+    if tolerance is None:
+        tolerance = settings_or_exit(get_train_settings).promote_tolerance
     try:
         with _open_registry(workspace) as registry, console.status("Evaluating against production"):
             decision = registry.promote(

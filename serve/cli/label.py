@@ -9,18 +9,19 @@ import typer
 from rich.table import Table
 
 from labeler.core.exceptions import PromptlabelError
+from labeler.settings import LabelSettings, get_label_settings
 from serve.cli.common import (
     RichProgressSink,
     console,
+    env_default,
     fail,
+    given,
     make_progress,
     settings_or_exit,
     setup_logging,
 )
 
 __all__ = ["demo", "label", "print_report"]
-
-settings = settings_or_exit()
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -57,6 +58,10 @@ def print_report(report: dict[str, Any]) -> None:
         console.print(f"  ... and {len(images['failed']) - 20} more in report.json")
 
 
+def _default(name: str) -> str:
+    return env_default(LabelSettings, name)
+
+
 def label(
     images_dir: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
     ontology: Annotated[Path, typer.Option("--ontology", "-o", help="Ontology YAML file.")],
@@ -64,48 +69,86 @@ def label(
         Path, typer.Option("--out", help="Dataset folder to write (not IMAGES_DIR or above it).")
     ],
     detector: Annotated[
-        str,
-        typer.Option(help="Detector: hub id or local folder of a transformers zero-shot detector."),
-    ] = settings.detector,
-    box_threshold: Annotated[float, typer.Option(help="Minimum detector box score.")] = (
-        settings.box_threshold
-    ),
-    text_threshold: Annotated[float, typer.Option(help="Minimum class (phrase) score.")] = (
-        settings.text_threshold
-    ),
-    max_det: Annotated[int, typer.Option(help="Most proposals kept per image.")] = settings.max_det,
-    nms_iou: Annotated[float, typer.Option(help="IoU for class-aware NMS.")] = settings.nms_iou,
+        str | None,
+        typer.Option(
+            help="Detector: hub id or local folder of a transformers zero-shot detector.",
+            show_default=_default("detector"),
+        ),
+    ] = None,
+    box_threshold: Annotated[
+        float | None,
+        typer.Option(help="Minimum detector box score.", show_default=_default("box_threshold")),
+    ] = None,
+    text_threshold: Annotated[
+        float | None,
+        typer.Option(help="Minimum class (phrase) score.", show_default=_default("text_threshold")),
+    ] = None,
+    max_det: Annotated[
+        int | None,
+        typer.Option(help="Most proposals kept per image.", show_default=_default("max_det")),
+    ] = None,
+    nms_iou: Annotated[
+        float | None,
+        typer.Option(help="IoU for class-aware NMS.", show_default=_default("nms_iou")),
+    ] = None,
     verifier: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="openai:MODEL | transformers:ID_OR_PATH | moondream | none.",
+            show_default=_default("verifier"),
         ),
-    ] = settings.verifier,
+    ] = None,
     verifier_url: Annotated[
-        str | None, typer.Option(help="Base URL of an OpenAI-compatible or moondream endpoint.")
-    ] = settings.verifier_url,
+        str | None,
+        typer.Option(
+            help="Base URL of an OpenAI-compatible or moondream endpoint.",
+            show_default=_default("verifier_url"),
+        ),
+    ] = None,
     verify_mode: Annotated[
-        str, typer.Option(help="crop: one call per box; marks: numbered boxes, one call per image.")
-    ] = settings.verify_mode,
-    concurrency: Annotated[int, typer.Option(help="Most verifier calls in flight.")] = (
-        settings.concurrency
-    ),
-    accept_threshold: Annotated[float, typer.Option(help="Accept at or above this P(yes).")] = (
-        settings.accept_threshold
-    ),
-    reject_threshold: Annotated[float, typer.Option(help="Reject at or below this P(yes).")] = (
-        settings.reject_threshold
-    ),
+        str | None,
+        typer.Option(
+            help="crop: one call per box; marks: numbered boxes, one call per image.",
+            show_default=_default("verify_mode"),
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(help="Most verifier calls in flight.", show_default=_default("concurrency")),
+    ] = None,
+    accept_threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Accept at or above this P(yes).", show_default=_default("accept_threshold")
+        ),
+    ] = None,
+    reject_threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Reject at or below this P(yes).", show_default=_default("reject_threshold")
+        ),
+    ] = None,
     review_below_score: Annotated[
-        float, typer.Option(help="Send proposals with a lower detector score to review.")
-    ] = settings.review_below_score,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = settings.device,
-    batch_size: Annotated[int, typer.Option(help="Images per detector forward pass.")] = (
-        settings.batch_size
-    ),
-    val_fraction: Annotated[float, typer.Option(help="Share of images in the val split.")] = (
-        settings.val_fraction
-    ),
+        float | None,
+        typer.Option(
+            help="Send proposals with a lower detector score to review.",
+            show_default=_default("review_below_score"),
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="auto, cpu, cuda or cuda:N.", show_default=_default("device")),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Images per detector forward pass.", show_default=_default("batch_size")),
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of images in the val split.", show_default=_default("val_fraction")
+        ),
+    ] = None,
     workspace: Annotated[
         Path | None, typer.Option(help="Workspace folder (default: OUT/.promptlabel).")
     ] = None,
@@ -116,6 +159,26 @@ def label(
     Re-running the same command resumes; changing only --accept/--reject thresholds or
     --review-below-score re-routes from stored scores without running any model.
     """
+    # Options not given come from the PROMPTLABEL_* variables, read now (not at import).
+    settings = settings_or_exit(get_label_settings).model_copy(
+        update=given(
+            detector=detector,
+            box_threshold=box_threshold,
+            text_threshold=text_threshold,
+            max_det=max_det,
+            nms_iou=nms_iou,
+            verifier=verifier,
+            verifier_url=verifier_url,
+            verify_mode=verify_mode,
+            concurrency=concurrency,
+            accept_threshold=accept_threshold,
+            reject_threshold=reject_threshold,
+            review_below_score=review_below_score,
+            device=device,
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+        )
+    )
     setup_logging(verbose)
     from labeler.ontology import load_ontology
     from labeler.pipeline import LabelConfig, run_label
@@ -127,27 +190,27 @@ def label(
             images_dir=images_dir,
             ontology=load_ontology(ontology),
             out_dir=out,
-            detector=detector,
+            detector=settings.detector,
             detector_options=DetectorOptions(
-                box_threshold=box_threshold,
-                text_threshold=text_threshold,
-                max_det=max_det,
-                nms_iou=nms_iou,
-                device=device,
-                batch_size=batch_size,
+                box_threshold=settings.box_threshold,
+                text_threshold=settings.text_threshold,
+                max_det=settings.max_det,
+                nms_iou=settings.nms_iou,
+                device=settings.device,
+                batch_size=settings.batch_size,
             ),
-            verifier=verifier,
-            verifier_url=verifier_url,
-            verify_mode=verify_mode,
-            concurrency=concurrency,
+            verifier=settings.verifier,
+            verifier_url=settings.verifier_url,
+            verify_mode=settings.verify_mode,
+            concurrency=settings.concurrency,
             request_timeout_s=settings.request_timeout_s,
             max_retries=settings.max_retries,
             thresholds=RouteThresholds(
-                accept=accept_threshold,
-                reject=reject_threshold,
-                review_below_score=review_below_score,
+                accept=settings.accept_threshold,
+                reject=settings.reject_threshold,
+                review_below_score=settings.review_below_score,
             ),
-            val_fraction=val_fraction,
+            val_fraction=settings.val_fraction,
             max_image_pixels=settings.max_image_pixels,
             workspace_dir=workspace,
         )
@@ -175,6 +238,7 @@ def demo(
     Uses the real default models when they can be loaded; offline it says so and falls back to tiny
     random local checkpoints (a smoke run: the labels are meaningless).
     """
+    settings_or_exit(get_label_settings)  # a bad PROMPTLABEL_* variable: one line, exit 2
     setup_logging(verbose)
     from labeler.demo.run import run_demo
 

@@ -7,6 +7,7 @@ models, export) and ``service`` (serve, worker, projects, keys).
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
@@ -14,15 +15,44 @@ from serve.cli import distill as cli_distill
 from serve.cli import label as cli_label
 from serve.cli import predict as cli_predict
 from serve.cli import service as cli_service
-from serve.cli.common import console
+from serve.cli.common import console, fail, results
+from serve.cli.extras import missing_module_message
 
 app = typer.Typer(
     name="promptlabel",
-    help="Class prompts in, verified labels and a training-ready dataset out.",
+    help=(
+        "Class prompts in, verified labels and a fast on-device model out: an open-vocabulary "
+        "detector proposes boxes, a vision-language model checks them, and a YOLO student "
+        "trained on the verified labels is evaluated, registered, exported and served over HTTP."
+    ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from labeler.core.version import __version__
+
+        results.print(f"promptlabel {__version__}", highlight=False, soft_wrap=True)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print the version (the one provenance records) and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Options of ``promptlabel`` itself (the help text is the app's, above)."""
+
 
 app.command("label")(cli_label.label)
 app.command("demo")(cli_label.demo)
@@ -44,3 +74,10 @@ def main() -> None:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         sys.exit(130)
+    except ModuleNotFoundError as error:
+        # The base install (the device's) lacks the extras the other stages need.
+        words = [arg for arg in sys.argv[1:] if not arg.startswith("-")]
+        groups = {group.name for group in app.registered_groups}
+        command = " ".join(words[:2] if words and words[0] in groups else words[:1])
+        fail(missing_module_message(error, command))
+        sys.exit(2)

@@ -3,22 +3,47 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from labeler.core.exceptions import PromptlabelError
-from serve.cli.common import console, fail, make_progress
+from serve.cli.common import console, fail, make_progress, print_json, results
 
 __all__ = ["predict"]
+
+
+def _summary_table(images: list[dict[str, Any]]) -> Table:
+    """One row per image: its size, box count and boxes per class (most first)."""
+    table = Table(header_style="bold")
+    table.add_column("image", overflow="fold")  # a long path folds onto more lines, never cut
+    table.add_column("size", no_wrap=True)
+    table.add_column("boxes", justify="right")
+    table.add_column("classes")
+    for item in images:
+        per_class = Counter(d["class"] for d in item["detections"])
+        table.add_row(
+            escape(item["path"]),
+            "x".join(str(v) for v in item["image_wh"]),
+            str(len(item["detections"])),
+            escape(", ".join(f"{name} {count}" for name, count in per_class.most_common())),
+        )
+    return table
 
 
 def predict(
     model: Annotated[Path, typer.Argument(help="An exported .onnx student.")],
     images: Annotated[list[Path], typer.Argument(help="Image files or folders (recursive).")],
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the detections as JSON on stdout instead of a table."),
+    ] = False,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write detections here (default: stdout).")
+        Path | None, typer.Option("--json-out", help="Also write the detections as JSON here.")
     ] = None,
     save_annotated: Annotated[
         Path | None, typer.Option(help="Folder to write images with boxes drawn.")
@@ -27,7 +52,12 @@ def predict(
     iou: Annotated[float, typer.Option(help="NMS IoU.")] = 0.7,
     max_det: Annotated[int, typer.Option(help="Most boxes per image.")] = 300,
 ) -> None:
-    """Run an exported student on images with the device runtime (numpy + onnxruntime only)."""
+    """Run an exported student on images with the device runtime (numpy + onnxruntime only).
+
+    A table of images and their boxes goes to stdout (with --json, every box as JSON: class_id,
+    class, score, xyxy in pixels); counts and failed images go to stderr.
+    """
+    from labeler.core.detections import as_records
     from labeler.core.exceptions import ImageError
     from labeler.core.images import iter_image_paths
     from serve.runtime.onnx import load_runtime
@@ -39,7 +69,7 @@ def predict(
         ]
     except PromptlabelError as error:
         raise fail(str(error)) from None
-    results: list[dict[str, Any]] = []
+    predicted: list[dict[str, Any]] = []
     failed: list[dict[str, str]] = []
     if save_annotated is not None:
         save_annotated.mkdir(parents=True, exist_ok=True)
@@ -52,19 +82,11 @@ def predict(
             except ImageError as error:
                 failed.append({"path": str(path), "error": f"{error.reason}: {error.detail}"})
                 continue
-            results.append(
+            predicted.append(
                 {
                     "path": str(path),
                     "image_wh": list(detections.metadata.get("image_wh", ())),
-                    "detections": [
-                        {
-                            "class_id": class_id,
-                            "class": detector.names[class_id],
-                            "confidence": round(score, 5),
-                            "xyxy": [round(float(v), 2) for v in xyxy],
-                        }
-                        for xyxy, class_id, score in detections
-                    ],
+                    "detections": as_records(detections, detector.names),
                 }
             )
             if save_annotated is not None:
@@ -73,12 +95,17 @@ def predict(
 
                 drawn = draw_detections(load_image(path).image, detections, detector.names)
                 drawn.save(save_annotated / f"{path.stem}.jpg", quality=90)
-    payload = json.dumps({"model": str(model), "images": results, "failed": failed}, indent=2)
-    if json_out is None:
-        typer.echo(payload)
-    else:
-        json_out.write_text(payload + "\n")
-    boxes = sum(len(r["detections"]) for r in results)
-    console.print(f"{len(results)} images, {boxes} boxes, {len(failed)} failed", highlight=False)
+    payload = {"model": str(model), "images": predicted, "failed": failed}
+    if json_out is not None:
+        json_out.write_text(json.dumps(payload, indent=2) + "\n")
+    if as_json:
+        print_json(payload)
+    elif predicted:
+        results.print(_summary_table(predicted))
+    boxes = sum(len(r["detections"]) for r in predicted)
+    console.print(f"{len(predicted)} images, {boxes} boxes, {len(failed)} failed", highlight=False)
     for failure in failed:
-        console.print(f"  [yellow]failed[/] {failure['path']}: {failure['error']}", highlight=False)
+        console.print(
+            f"  [yellow]failed[/] {escape(failure['path'])}: {escape(failure['error'])}",
+            highlight=False,
+        )

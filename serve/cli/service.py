@@ -14,8 +14,8 @@ import typer
 from rich.table import Table
 
 from labeler.core.exceptions import PromptlabelError
-from labeler.settings import Settings
-from serve.cli.common import console, fail, settings_or_exit
+from serve.cli.common import console, env_default, fail, print_json, results, settings_or_exit
+from serve.settings import ServiceSettings, get_service_settings
 
 __all__ = ["keys_app", "projects_app", "serve_command", "worker_command"]
 
@@ -30,20 +30,24 @@ class LogFormat(StrEnum):
 
 LogFormatOption = Annotated[LogFormat, typer.Option(help="One JSON object per line, or text.")]
 
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the list as JSON on stdout instead of a table.")
+]
+
 DataDirOption = Annotated[
     Path | None,
     typer.Option(
-        help="Service data folder (default: $PROMPTLABEL_DATA_DIR or ./promptlabel-data)."
+        help="Service data folder.", show_default=env_default(ServiceSettings, "data_dir")
     ),
 ]
 
 
-def _settings(data_dir: Path | None) -> Settings:
-    settings = settings_or_exit()
+def _settings(data_dir: Path | None) -> ServiceSettings:
+    settings = settings_or_exit(get_service_settings)
     return settings.model_copy(update={"data_dir": data_dir}) if data_dir else settings
 
 
-def _database(settings: Settings, *, existing: bool = False):  # type: ignore[no-untyped-def]
+def _database(settings: ServiceSettings, *, existing: bool = False):  # type: ignore[no-untyped-def]
     """The service's database; with ``existing``, a SQLite one must be there already, so that a
     command run in the wrong folder says so instead of making an empty database there."""
     from serve.db import Database, sqlite_path
@@ -65,6 +69,13 @@ def _when(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _iso(seconds: float | None) -> str | None:
+    """A timestamp as --json prints it: ISO 8601 in UTC, to the second (None stays None)."""
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="seconds")
 
 
 def serve_command(
@@ -129,6 +140,7 @@ def worker_command(
     )
     settings = _settings(data_dir)
     try:
+        settings.check_verifier_keys()
         db = _database(settings)
     except PromptlabelError as error:
         raise fail(str(error)) from None
@@ -204,20 +216,33 @@ def projects_set_ontology(
 
 
 @projects_app.command("list")
-def projects_list(data_dir: DataDirOption = None) -> None:
-    """List projects."""
+def projects_list(data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
+    """List projects (--json: with their class names)."""
     import sqlalchemy as sa
 
     from serve.db import projects
 
     with _database(_settings(data_dir), existing=True).read() as connection:
         rows = connection.execute(sa.select(projects).order_by(projects.c.created_at)).all()
+    if as_json:
+        print_json(
+            [
+                {
+                    "id": row.id,
+                    "name": row.name,
+                    "classes": [c["name"] for c in row.ontology.get("classes", [])],
+                    "created_at": _iso(row.created_at),
+                }
+                for row in rows
+            ]
+        )
+        return
     table = Table("id", "name", "classes", "created")
     for row in rows:
         table.add_row(
             row.id, row.name, str(len(row.ontology.get("classes", []))), _when(row.created_at)
         )
-    console.print(table)
+    results.print(table)
 
 
 @keys_app.command("create")
@@ -243,16 +268,33 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(data_dir: DataDirOption = None) -> None:
+def keys_list(data_dir: DataDirOption = None, as_json: JsonOption = False) -> None:
     """List API keys (ids only; secrets are never stored)."""
     from serve.api.auth import list_api_keys
 
+    keys = list_api_keys(_database(_settings(data_dir), existing=True))
+    if as_json:
+        # Field by field, so that nothing added to ApiKey later is printed unseen.
+        print_json(
+            [
+                {
+                    "key_id": key.key_id,
+                    "project_id": key.project_id,
+                    "project": key.project_name,
+                    "name": key.name,
+                    "created_at": _iso(key.created_at),
+                    "revoked_at": _iso(key.revoked_at),
+                }
+                for key in keys
+            ]
+        )
+        return
     table = Table("key id", "project", "name", "created", "revoked")
-    for key in list_api_keys(_database(_settings(data_dir), existing=True)):
+    for key in keys:
         table.add_row(
             key.key_id, key.project_name, key.name, _when(key.created_at), _when(key.revoked_at)
         )
-    console.print(table)
+    results.print(table)
 
 
 @keys_app.command("revoke")

@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 
 from labeler.core.exceptions import ImageError, InputError
-from labeler.settings import Settings
 from serve.api.auth import new_id
 from serve.db import Database, images
 from serve.errors import NotFoundError
+from serve.settings import ServiceSettings
 from serve.telemetry import IMAGES_INGESTED
 
 if TYPE_CHECKING:
@@ -181,7 +181,7 @@ class _Ingest:
     was stored), so a thousand copies of one costly image cost one decode.
     """
 
-    def __init__(self, db: Database, settings: Settings, *, project_id: str) -> None:
+    def __init__(self, db: Database, settings: ServiceSettings, *, project_id: str) -> None:
         self.db = db
         self.settings = settings
         self.project_id = project_id
@@ -247,7 +247,7 @@ class _Ingest:
 
 
 def ingest_files(
-    db: Database, settings: Settings, *, project_id: str, files: list[tuple[str, BinaryIO]]
+    db: Database, settings: ServiceSettings, *, project_id: str, files: list[tuple[str, BinaryIO]]
 ) -> IngestResult:
     """Validate and keep uploaded files (images, or zip archives of images).
 
@@ -294,7 +294,7 @@ def ingest_files(
 
 
 def ingest_urls(
-    db: Database, settings: Settings, *, project_id: str, urls: list[str]
+    db: Database, settings: ServiceSettings, *, project_id: str, urls: list[str]
 ) -> IngestResult:
     """Fetch each URL (SSRF-guarded, see ``serve.ingest.fetch``) and keep the images among them.
 

@@ -13,6 +13,7 @@ import re
 import tempfile
 import time
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,13 +23,13 @@ from pydantic import BaseModel
 
 from labeler.core.exceptions import InputError
 from labeler.propose.options import DetectorOptions
-from labeler.settings import Settings
 from serve.api.auth import new_id
 from serve.api.schemas import LabelJobCreate, TrainJobCreate
 from serve.db import Database, images, job_images, jobs, projects
 from serve.errors import ConflictError, NotFoundError
 from serve.ingest.store import get_images
 from serve.jobs.queue import JobKind, JobStatus
+from serve.settings import ServiceSettings
 
 __all__ = [
     "INTERNAL_PROGRESS_KEYS",
@@ -110,11 +111,10 @@ def _request_sha256(kind: JobKind, request: BaseModel) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _choose(name: str, offered: dict[str, str], field: str) -> str:
+def _choose(name: str, offered: Mapping[str, object], field: str) -> None:
     if name not in offered:
         choices = ", ".join(sorted(offered)) or "none configured"
         raise InputError(f"{field}: {name!r} is not offered by this server (choose from {choices})")
-    return offered[name]
 
 
 def _existing(db: Database, project_id: str, idempotency_key: str) -> sa.Row[Any] | None:
@@ -138,7 +138,7 @@ def _replay(row: sa.Row[Any], request_sha256: str) -> JobRecord:
 def _insert_job(
     db: Database,
     *,
-    settings: Settings,
+    settings: ServiceSettings,
     project_id: str,
     kind: JobKind,
     request: BaseModel,
@@ -197,7 +197,7 @@ def _insert_job(
 def submit_label_job(
     db: Database,
     *,
-    settings: Settings,
+    settings: ServiceSettings,
     project_id: str,
     request: LabelJobCreate,
     idempotency_key: str | None = None,
@@ -259,7 +259,7 @@ def submit_label_job(
 def submit_train_job(
     db: Database,
     *,
-    settings: Settings,
+    settings: ServiceSettings,
     project_id: str,
     request: TrainJobCreate,
     idempotency_key: str | None = None,

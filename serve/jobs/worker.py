@@ -27,7 +27,6 @@ from sqlalchemy.engine import Connection
 from labeler.core.exceptions import DetectorError, ModelLoadError, PromptlabelError
 from labeler.core.files import copy_atomically
 from labeler.propose.options import DetectorOptions
-from labeler.settings import Settings
 from serve.api.schemas import LabelJobCreate, TrainJobCreate
 from serve.db import Database, images, job_images, projects
 from serve.ingest.store import blob_path
@@ -44,6 +43,7 @@ from serve.jobs.queue import (
     save_progress,
 )
 from serve.jobs.service import dataset_dir, job_dir, public_provenance, without_data_dir
+from serve.settings import ServiceSettings
 from serve.telemetry import JOB_SECONDS, JOBS_FINISHED, job_log_context
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class ModelCache:
                 self._detectors[key] = load_detector(model_id, options)
             return self._detectors[key].with_options(options)
 
-    def verifier(self, spec: str, *, settings: Settings, mode: str) -> Verifier | None:
+    def verifier(self, spec: str, *, settings: ServiceSettings, mode: str) -> Verifier | None:
         """A kept local VLM for ``spec``; None for API backends, which each job opens and closes
         itself (their HTTP connections belong to the job's event loop and cannot outlive it)."""
         from labeler.verify import load_verifier, parse_verifier_spec
@@ -134,7 +134,7 @@ class _Lease:
 class JobContext:
     job: ClaimedJob
     db: Database
-    settings: Settings
+    settings: ServiceSettings
     models: ModelCache
     lease: _Lease
     progress: JobProgress
@@ -289,15 +289,16 @@ def run_label_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection
         device=settings.service_device,
         batch_size=settings.batch_size,
     )
-    verifier_spec = settings.service_verifiers[params.verifier]
+    chosen = settings.resolve_verifier(params.verifier)  # its own server and key
     config = LabelConfig(
         images_dir=folder / "images",
         ontology=ontology,
         out_dir=dataset_dir(settings.data_dir, ctx.job.id),
         detector=settings.service_detectors[params.detector],
         detector_options=options,
-        verifier=verifier_spec,
-        verifier_url=settings.service_verifier_url,
+        verifier=chosen.spec,
+        verifier_url=chosen.url,
+        verifier_api_key=chosen.api_key,
         verify_mode=params.verify_mode,
         concurrency=settings.concurrency,
         request_timeout_s=settings.request_timeout_s,
@@ -312,7 +313,7 @@ def run_label_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection
         workspace_dir=folder / "workspace",
     )
     detector = ctx.models.detector(config.detector, options)
-    verifier = ctx.models.verifier(verifier_spec, settings=settings, mode=params.verify_mode)
+    verifier = ctx.models.verifier(chosen.spec, settings=settings, mode=params.verify_mode)
     report = run_label(config, progress=ctx.progress, detector=detector, verifier=verifier)
 
     results: dict[str, dict[str, Any]] = {}
@@ -405,7 +406,10 @@ def run_train_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection
     if run.version is None:
         raise JobCancelled()
     metrics = {k: v for k, v in run.metrics.items() if k not in {"data"}}
-    return {"model_version": run.version.version, "metrics": metrics}, lambda _: None
+    # As a labeling job's result does (its provenance comes from the run's report.json).
+    provenance = {"promptlabel_version": run.version.promptlabel_version}
+    result = {"model_version": run.version.version, "metrics": metrics, "provenance": provenance}
+    return result, lambda _: None
 
 
 JOB_FUNCTIONS: dict[JobKind, Callable[[JobContext], tuple[dict[str, Any], Any]]] = {
@@ -424,11 +428,12 @@ class Worker:
         self,
         *,
         db: Database,
-        settings: Settings,
+        settings: ServiceSettings,
         name: str | None = None,
         kinds: tuple[JobKind, ...] = tuple(JobKind),
         models: ModelCache | None = None,
     ) -> None:
+        settings.check_verifier_keys()  # refuse to start rather than fail each job that needs one
         self.db = db
         self.settings = settings
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"

@@ -30,14 +30,13 @@ applied to files, as OpenCV's decoder does.
 
 from __future__ import annotations
 
-import ast
 import functools
 import heapq
 import logging
 import math
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 from PIL import Image, ImageOps
 
+from distill.model_metadata import ModelMetadata, parse_metadata
 from labeler.core.detections import Detections
 from labeler.core.exceptions import ImageError, InputError, ModelLoadError
 from labeler.core.images import (
@@ -61,15 +61,12 @@ from labeler.core.images import (
 
 __all__ = [
     "MAX_WH",
-    "REQUIRED_METADATA",
     "LetterboxGeometry",
-    "ModelMetadata",
     "OnnxDetector",
     "letterbox_geometry",
     "letterbox_image",
     "load_runtime",
     "non_max_suppression",
-    "parse_metadata",
     "read_image_bytes",
     "resize_like_cv2",
 ]
@@ -78,8 +75,6 @@ logger = logging.getLogger(__name__)
 
 ImageInput = Image.Image | npt.NDArray[np.uint8] | str | Path
 
-# Keys of the ONNX metadata_props that Ultralytics' exporter writes and the runtime needs.
-REQUIRED_METADATA = ("names", "imgsz", "stride", "task")
 # Ultralytics' class offset for class-aware NMS (``max_wh`` in ultralytics/utils/nms.py): boxes of
 # different classes are moved this far apart so one NMS pass never compares them.
 MAX_WH = 7680
@@ -90,111 +85,6 @@ DEFAULT_MAX_BATCH = 8
 _EXIF_ORIENTATION = 0x0112
 _FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 _PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
-
-
-# ---------------------------------------------------------------------------------------------
-# Metadata
-
-
-@dataclass(frozen=True)
-class ModelMetadata:
-    """What an Ultralytics export says about its model (the file's ``metadata_props``).
-
-    ``imgsz`` is ``(h, w)`` at export time; ``end2end`` is True when the graph already removes
-    duplicates (an end-to-end head or ``nms=True`` at export) and outputs ``(batch, n, 6)`` rows of
-    ``x1, y1, x2, y2, score, class``.
-    """
-
-    names: tuple[str, ...]
-    imgsz: tuple[int, int]
-    stride: int
-    task: str
-    batch: int = 1
-    end2end: bool = False
-    dynamic: bool = False
-
-
-def _literal(value: str, key: str, source: str) -> Any:
-    """A Python literal from a metadata string; never ``eval``."""
-    try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
-        raise ModelLoadError(
-            f"{source}: metadata {key!r} is not a Python literal ({type(exc).__name__}): "
-            f"{value[:80]!r}"
-        ) from None
-
-
-def _parse_names(value: str, source: str) -> tuple[str, ...]:
-    names = _literal(value, "names", source)
-    if isinstance(names, list | tuple):
-        names = dict(enumerate(names))
-    if not isinstance(names, dict) or not names:
-        raise ModelLoadError(f"{source}: metadata 'names' must be a non-empty dict {{0: 'name'}}")
-    try:
-        by_index = {int(k): str(v) for k, v in names.items()}
-    except (TypeError, ValueError):
-        raise ModelLoadError(f"{source}: metadata 'names' keys must be class indices") from None
-    if sorted(by_index) != list(range(len(by_index))):
-        raise ModelLoadError(
-            f"{source}: metadata 'names' must number classes 0..{len(by_index) - 1}, "
-            f"got {sorted(by_index)[:10]}"
-        )
-    return tuple(by_index[i] for i in range(len(by_index)))
-
-
-def _parse_imgsz(value: str, source: str) -> tuple[int, int]:
-    imgsz = _literal(value, "imgsz", source)
-    if isinstance(imgsz, int):
-        imgsz = [imgsz, imgsz]
-    if (
-        not isinstance(imgsz, list | tuple)
-        or len(imgsz) != 2
-        or not all(isinstance(x, int) and x > 0 for x in imgsz)
-    ):
-        raise ModelLoadError(f"{source}: metadata 'imgsz' must be [height, width], got {value!r}")
-    return int(imgsz[0]), int(imgsz[1])
-
-
-def parse_metadata(props: Mapping[str, str], *, source: str = "model") -> ModelMetadata:
-    """Read Ultralytics' export metadata (all values are strings) into a ``ModelMetadata``.
-
-    ``names`` (a dict literal), ``imgsz``, ``stride`` and ``task`` are required and ``task`` must
-    be ``detect``; ``batch``, ``end2end`` and ``args`` (``nms``, ``dynamic``) are optional.
-    Raises ModelLoadError naming ``source`` and what is missing or malformed.
-    """
-    missing = [key for key in REQUIRED_METADATA if key not in props]
-    if missing:
-        raise ModelLoadError(
-            f"{source}: the ONNX file has no Ultralytics metadata {missing}; the device runtime "
-            f"reads {list(REQUIRED_METADATA)} from its metadata_props, which Ultralytics writes "
-            "on export (YOLO(weights).export(format='onnx')); re-export the model that way"
-        )
-    task = props["task"].strip()
-    if task != "detect":
-        raise ModelLoadError(
-            f"{source}: the model's task is {task!r}; the device runtime runs detect models only"
-        )
-    try:
-        stride = int(props["stride"])
-        batch = int(props.get("batch", "1"))
-    except ValueError:
-        raise ModelLoadError(f"{source}: metadata 'stride' and 'batch' must be integers") from None
-    if stride < 1 or batch < 1:
-        raise ModelLoadError(f"{source}: metadata 'stride' and 'batch' must be >= 1")
-    args = _literal(props["args"], "args", source) if "args" in props else {}
-    if not isinstance(args, dict):
-        args = {}
-    end2end = _literal(props["end2end"], "end2end", source) if "end2end" in props else False
-    return ModelMetadata(
-        names=_parse_names(props["names"], source),
-        imgsz=_parse_imgsz(props["imgsz"], source),
-        stride=stride,
-        task=task,
-        batch=batch,
-        end2end=bool(end2end) or bool(args.get("nms")),
-        dynamic=bool(args.get("dynamic")),
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -860,6 +750,11 @@ def load_runtime(
             f"({type(exc).__name__}: {str(exc).strip()[:200]})"
         ) from None
     metadata = parse_metadata(session.get_modelmeta().custom_metadata_map, source=source)
+    if metadata.task != "detect":
+        raise ModelLoadError(
+            f"{source}: the model's task is {metadata.task!r}; the device runtime runs detect "
+            "models only"
+        )
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].type not in _FLOAT_TYPES:
         raise ModelLoadError(

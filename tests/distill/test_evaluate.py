@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 
 import distill.evaluate as evaluate_module
-from distill.evaluate import EvalResult, evaluate, from_ultralytics, score_detections
-from labeler.core.detections import Detections
+from distill.evaluate import EvalResult, evaluate, score_detections
+from labeler.core.detections import Detections, from_ultralytics
 from labeler.core.exceptions import InputError, ModelLoadError
 from labeler.core.images import sha256_file
 from labeler.demo.synthetic import SHAPE_CLASSES, make_shapes_image
@@ -43,26 +43,6 @@ from tests.fakes.students import overfit_student
 # moves mAP by 0.3 or more.
 TOLERANCE = 0.02
 NAMES = list(SHAPE_CLASSES)
-
-
-# --------------------------------------------------------------------------- the adapter
-
-
-def test_from_ultralytics_keeps_original_pixels_classes_and_scores() -> None:
-    import torch
-    from ultralytics.engine.results import Results
-
-    rows = torch.tensor([[1.5, 2.0, 30.0, 40.0, 0.9, 1.0], [0.0, 0.0, 8.0, 4.0, 0.25, 0.0]])
-    result = Results(
-        np.zeros((48, 64, 3), np.uint8), path="x.png", names={0: "a", 1: "b"}, boxes=rows
-    )
-
-    detections = from_ultralytics(result)
-
-    np.testing.assert_allclose(detections.xyxy, [[1.5, 2, 30, 40], [0, 0, 8, 4]])
-    assert detections.class_id.tolist() == [1, 0]
-    np.testing.assert_allclose(detections.confidence, [0.9, 0.25])
-    assert detections.metadata == {"image_wh": (64, 48), "path": "x.png"}
 
 
 # --------------------------------------------------------------------------- the scoring

@@ -16,13 +16,12 @@ import pytest
 from distill import export as export_module
 from distill.export import (
     DEFAULT_ATOL,
-    REQUIRED_METADATA,
     ExportResult,
     export_model,
-    parse_metadata,
     sample_batch,
     verify_onnx,
 )
+from distill.model_metadata import REQUIRED_METADATA, metadata_values
 from labeler.core.exceptions import InputError, ModelLoadError
 from labeler.demo.synthetic import SHAPE_CLASSES
 
@@ -93,7 +92,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _metadata(path: Path) -> dict[str, Any]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return parse_metadata(session.get_modelmeta().custom_metadata_map)
+    return metadata_values(session.get_modelmeta().custom_metadata_map)
 
 
 def test_onnx_export_verifies_and_carries_metadata(weights: Path) -> None:

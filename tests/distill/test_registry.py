@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import json
 import os
 import sqlite3
 import subprocess
@@ -18,7 +20,14 @@ from typing import Any
 
 import pytest
 
-from distill.registry import DB_NAME, EvalSet, ModelVersion, Registry, evaluation_metrics
+from distill.registry import (
+    DB_NAME,
+    SCHEMA_VERSION,
+    EvalSet,
+    ModelVersion,
+    Registry,
+    evaluation_metrics,
+)
 from labeler.core.exceptions import InputError, ModelLoadError, StoreError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -281,6 +290,113 @@ def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
         db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
 
     with pytest.raises(StoreError, match="schema v99 is not supported"):
+        Registry(workspace)
+
+
+def test_versions_and_decisions_record_the_promptlabel_that_made_them(
+    tmp_path: Path, data_yaml: Path
+) -> None:
+    installed = importlib.metadata.version("promptlabel")
+    with Registry(tmp_path / "workspace") as registry:
+        registered = _register(registry, tmp_path, "a", metrics(data_yaml, 0.4))
+        decision = registry.promote("v1", evaluate=ScriptedEvaluate({}))
+    assert registered.promptlabel_version == installed
+    assert decision.promptlabel_version == installed
+    with Registry(tmp_path / "workspace") as reopened:
+        assert reopened.get("v1").promptlabel_version == installed
+        assert [d.promptlabel_version for d in reopened.promotions("v1")] == [installed]
+
+
+# The registry as schema 1 (before it recorded the promptlabel version) wrote it.
+_SCHEMA_V1 = (
+    """CREATE TABLE versions (
+        number INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at TEXT NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('trained', 'imported')),
+        parent INTEGER REFERENCES versions(number),
+        dataset_hash TEXT,
+        metrics TEXT NOT NULL,
+        config TEXT NOT NULL,
+        stage TEXT NOT NULL DEFAULT 'none' CHECK (stage IN ('none', 'production'))
+    )""",
+    "CREATE UNIQUE INDEX one_production ON versions(stage) WHERE stage = 'production'",
+    """CREATE TABLE artifacts (
+        version INTEGER NOT NULL REFERENCES versions(number),
+        kind TEXT NOT NULL,
+        file TEXT NOT NULL,
+        sha256 TEXT NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        is_weights INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (version, kind)
+    )""",
+    """CREATE TABLE promotions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        version INTEGER NOT NULL REFERENCES versions(number),
+        previous_production INTEGER REFERENCES versions(number),
+        promoted INTEGER NOT NULL,
+        forced INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        candidate_map50_95 REAL,
+        production_map50_95 REAL,
+        tolerance REAL NOT NULL,
+        eval_set TEXT,
+        production_reevaluated INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    )""",
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
+)
+
+
+def test_a_schema_1_registry_is_migrated_and_keeps_its_versions(
+    tmp_path: Path, data_yaml: Path
+) -> None:
+    workspace = tmp_path / "workspace"
+    weights = fake_weights(workspace / "models" / "v1", "model.pt")
+    with closing(sqlite3.connect(workspace / DB_NAME)) as db, db:
+        for statement in _SCHEMA_V1:
+            db.execute(statement)
+        db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        db.execute(
+            "INSERT INTO versions (created_at, source, dataset_hash, metrics, config, stage) "
+            "VALUES ('2025-01-01T00:00:00+00:00', 'trained', 'labels-1', ?, '{}', 'production')",
+            (json.dumps(metrics(data_yaml, 0.4)),),
+        )
+        db.execute(
+            "INSERT INTO artifacts VALUES (1, 'pt', 'model.pt', ?, ?, 1, '2025-01-01')",
+            (_sha256(weights), weights.stat().st_size),
+        )
+        db.execute(
+            "INSERT INTO promotions (version, promoted, forced, reason, tolerance, "
+            "production_reevaluated, created_at) VALUES (1, 1, 0, 'first', 0.005, 0, '2025-01-01')"
+        )
+
+    with Registry(workspace) as registry:
+        old = registry.get("v1")
+        assert (old.stage, old.dataset_hash, old.map50_95) == ("production", "labels-1", 0.4)
+        assert old.promptlabel_version is None  # not recorded then, and not made up now
+        [first] = registry.promotions("v1")
+        assert (first.reason, first.promptlabel_version) == ("first", None)
+        new = _register(registry, tmp_path, "b", metrics(data_yaml, 0.5))
+        decision = registry.promote(new.version, evaluate=ScriptedEvaluate({"v2": 0.5}))
+    installed = importlib.metadata.version("promptlabel")
+    assert new.promptlabel_version == decision.promptlabel_version == installed
+    assert decision.promoted and decision.previous_production == "v1"
+    with closing(sqlite3.connect(workspace / DB_NAME)) as db:
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (
+            str(SCHEMA_VERSION),
+        )
+    with Registry(workspace) as reopened:  # migrated once; opening again changes nothing
+        assert [v.promptlabel_version for v in reopened.list()] == [None, installed]
+
+
+def test_an_older_schema_without_a_migration_is_refused(tmp_path: Path) -> None:
+    workspace = tmp_path / "workspace"
+    Registry(workspace).close()
+    with closing(sqlite3.connect(workspace / DB_NAME)) as db, db:
+        db.execute("UPDATE meta SET value='0' WHERE key='schema_version'")
+
+    with pytest.raises(StoreError, match="schema v0 is not supported"):
         Registry(workspace)
 
 

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from distill.dataset import check_dataset
+from distill.settings import get_train_settings
 from distill.train import RUN_FILE, new_run_dir, normalize_metrics, train
 from labeler.core.exceptions import InputError, ModelLoadError
-from labeler.settings import get_settings
 from tests.distill.conftest import (
     STUDENT_EPOCHS,
     TRAIN_OPTIONS,
@@ -214,9 +214,9 @@ def test_an_output_folder_holding_a_run_is_refused(
 @pytest.fixture
 def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PROMPTLABEL_CACHE_DIR", str(tmp_path / "cache"))
-    get_settings.cache_clear()
+    get_train_settings.cache_clear()
     yield tmp_path / "cache"
-    get_settings.cache_clear()
+    get_train_settings.cache_clear()
 
 
 def test_an_unknown_checkpoint_says_how_to_train_from_scratch(

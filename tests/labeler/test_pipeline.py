@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -97,11 +98,10 @@ def images_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server() -> Iterator[FakeVLMServer]:
-    os.environ["OPENAI_API_KEY"] = "test-key"
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeVLMServer]:
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     with FakeVLMServer(script=answer_by_question) as running:
         yield running
-    os.environ.pop("OPENAI_API_KEY", None)
 
 
 def make_config(
@@ -250,9 +250,9 @@ def test_threshold_change_reroutes_without_models(
 
 
 def test_verifier_failures_go_to_review_and_are_retried_next_run(
-    images_dir: Path, tmp_path: Path
+    images_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    os.environ["OPENAI_API_KEY"] = "test-key"
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     faults = [Fault.server_error()] * 4
     with FakeVLMServer(script=answer_by_question, faults=faults) as server:
         config = make_config(images_dir, tmp_path / "out", server)
@@ -377,8 +377,10 @@ def test_dataset_inside_images_folder_is_not_rescanned(images_dir: Path) -> None
     assert first["images"]["total"] == second["images"]["total"] == 9
 
 
-def test_marks_mode_asks_once_per_image_and_question(images_dir: Path, tmp_path: Path) -> None:
-    os.environ["OPENAI_API_KEY"] = "test-key"
+def test_marks_mode_asks_once_per_image_and_question(
+    images_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
 
     def all_yes(request: RecordedRequest) -> str:
         numbers = request.prompt_text.split("labelled ")[1].split(".")[0]
@@ -396,8 +398,10 @@ def test_marks_mode_asks_once_per_image_and_question(images_dir: Path, tmp_path:
     assert report["provenance"]["template_id"].startswith("marks")
 
 
-def test_unclear_answers_are_kept_not_asked_again(images_dir: Path, tmp_path: Path) -> None:
-    os.environ["OPENAI_API_KEY"] = "test-key"
+def test_unclear_answers_are_kept_not_asked_again(
+    images_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     with FakeVLMServer(script=lambda request: "It might be, hard to say") as server:
         config = make_config(images_dir, tmp_path / "out", server)
         first = run_label(config, detector=ScriptedDetector())
@@ -545,3 +549,122 @@ def test_an_image_over_the_pixel_limit_is_tried_again_under_a_higher_one(
     )
     roomy = make_config(images_dir, tmp_path / "out", server, verifier="none")
     assert run_label(roomy, detector=ScriptedDetector())["images"]["labeled"] == 6
+
+
+def test_report_records_the_promptlabel_version(
+    images_dir: Path, tmp_path: Path, server: FakeVLMServer
+) -> None:
+    config = make_config(images_dir, tmp_path / "out", server, verifier="none")
+    report = run_label(config, detector=ScriptedDetector())
+    on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
+    installed = importlib.metadata.version("promptlabel")
+    assert on_disk["provenance"]["promptlabel_version"] == installed
+    assert report["provenance"] == on_disk["provenance"]
+
+
+# -- boxes the dataset cannot hold are never accepted -------------------------------------------
+
+
+class _WithUnwritableBoxes(ScriptedDetector):
+    """The scripted boxes plus unverified triangles, three of which no dataset can hold."""
+
+    def propose(self, images: Sequence[Image.Image], ontology: Ontology) -> list[Detections]:
+        out = []
+        for image, scripted in zip(images, super().propose(images, ontology), strict=True):
+            w, h = image.size
+            extra = np.array(
+                [
+                    [w - 0.4, 0, w + 5, 10],  # 0.4 px wide once clipped to the image
+                    [w + 1, h + 1, w + 5, h + 5],  # outside the image altogether
+                    [2, 2, 2.6, 50],  # 0.6 px wide
+                    [2, 2, 3, 3],  # exactly 1 px a side: written (outside a 1x1 image)
+                ],
+                np.float32,
+            )
+            more = Detections(
+                xyxy=extra,
+                class_id=np.full(4, 2),
+                confidence=np.full(4, 0.8),
+                data={"box_score": np.full(4, 0.8, np.float32)},
+            )
+            out.append(Detections.merge([scripted, more]))
+        return out
+
+
+def _exported_boxes(out: Path) -> tuple[int, int]:
+    """Boxes in the YOLO label files and in the COCO annotations."""
+    yolo = sum(len(path.read_text().splitlines()) for path in (out / "labels").rglob("*.txt"))
+    coco = sum(
+        len(json.loads(path.read_text())["annotations"])
+        for path in (out / "annotations").glob("instances_*.json")
+    )
+    return yolo, coco
+
+
+def test_boxes_the_dataset_cannot_hold_are_rejected_with_the_reason(
+    tmp_path: Path, server: FakeVLMServer
+) -> None:
+    images = tmp_path / "images"
+    write_sample_images(images, n=3, seed=2)
+    Image.new("RGB", (1, 1), "white").save(images / "dot.png")  # every box in it is sub-pixel
+    out = tmp_path / "out"
+
+    report = run_label(make_config(images, out, server), detector=_WithUnwritableBoxes())
+
+    # The 1x1 image: 3 scripted + 4 extra boxes, none writable. Each other image: 3 of its 4
+    # extra boxes. A verified class's unwritable box is not even asked about.
+    assert report["labels"]["rejected"] == 3 + 7 + 3 * 3  # squares (verifier: no) + unwritable
+    assert report["verifier"]["calls"] == 3 * 2
+    assert report["labels"]["accepted"] == 3 * 3  # circle, triangle and the 1 px triangle
+    assert _exported_boxes(out) == (9, 9)
+    assert sum(report["dataset"]["boxes"].values()) == 9
+
+    lines = (out / "labels.jsonl").read_text().splitlines()
+    records = {Path(record["path"]).name: record for record in map(json.loads, lines)}
+    dot = records["dot.png"]["labels"]
+    assert [label["status"] for label in dot] == ["rejected"] * 7
+    assert all(label["reason"].startswith("too small to export") for label in dot)
+    assert "1x1 image" in dot[0]["reason"]
+    # Every label is the one detection record plus the labeler's evidence.
+    assert list(dot[0])[:4] == ["class_id", "class", "score", "xyxy"]
+    with sqlite3.connect(out / ".promptlabel" / "workspace.db") as db:
+        reasons = [
+            row[0] for row in db.execute("SELECT reason FROM labels WHERE status='rejected'")
+        ]
+    assert sum(reason.startswith("too small to export") for reason in reasons) == 7 + 3 * 3
+
+    # Re-routed without a verifier and with every threshold at its loosest: still rejected.
+    loose = RouteThresholds(accept=0.0, reject=0.0, review_below_score=0.0)
+    rerouted = run_label(
+        make_config(images, out, server, verifier="none", thresholds=loose),
+        detector=Exploding(),  # type: ignore[arg-type]
+    )
+    assert rerouted["labels"] == {"accepted": 3 * 4, "rejected": 7 + 3 * 3, "needs_review": 0}
+    assert _exported_boxes(out) == (12, 12)
+
+
+@pytest.mark.slow
+def test_a_real_detector_on_a_1x1_image_accepts_only_what_is_exported(
+    tiny_detector_dir: Path, tmp_path: Path
+) -> None:
+    images = tmp_path / "images"
+    write_sample_images(images, n=2, seed=4)
+    Image.new("RGB", (1, 1), "gray").save(images / "dot.png")
+    config = LabelConfig(
+        images_dir=images,
+        ontology=parse_ontology("classes:\n  - {name: shape, detect: [circle, square]}\n"),
+        out_dir=tmp_path / "out",
+        detector=str(tiny_detector_dir),
+        detector_options=DetectorOptions(
+            box_threshold=0.0, text_threshold=0.0, max_det=5, device="cpu"
+        ),
+    )
+
+    report = run_label(config)
+
+    lines = (tmp_path / "out" / "labels.jsonl").read_text().splitlines()
+    records = {Path(record["path"]).name: record for record in map(json.loads, lines)}
+    dot = records["dot.png"]["labels"]
+    assert len(dot) > 0 and {label["status"] for label in dot} == {"rejected"}
+    assert report["labels"]["accepted"] > 0
+    assert _exported_boxes(tmp_path / "out") == (report["labels"]["accepted"],) * 2

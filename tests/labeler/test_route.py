@@ -64,3 +64,26 @@ def test_low_detector_score_goes_to_review_unless_rejected() -> None:
 def test_invalid_thresholds(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(InputError, match=message):
         RouteThresholds(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"verified": False},
+        {"verified": True, "yes_prob": 1.0},
+        {"verified": True, "yes_prob": None, "error": "timeout"},
+    ],
+)
+def test_a_box_the_dataset_cannot_hold_is_rejected_whatever_the_scores(
+    kwargs: dict[str, object],
+) -> None:
+    loosest = RouteThresholds(accept=0.0, reject=0.0, review_below_score=0.0)
+    for thresholds in (DEFAULT, loosest):
+        decision = route(
+            detector_score=1.0,
+            unwritable="too small to export: 0.40x1.00 px",
+            thresholds=thresholds,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        assert decision.status is Status.REJECTED
+        assert decision.reason == "too small to export: 0.40x1.00 px"

@@ -10,20 +10,22 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 from labeler.ontology import Ontology
-from labeler.settings import Settings
-from serve.api.app import create_app
-from serve.api.auth import create_api_key, create_project
-from serve.db import Database
-from serve.jobs.worker import Worker
+from serve.settings import ServiceSettings
 from tests.fakes.postgres import scratch_schema
 from tests.fakes.students import build_student, export_onnx
-from tests.fakes.vlm_server import FakeVLMServer, RecordedRequest
+
+if TYPE_CHECKING:
+    # The device runtime's tests share this folder and must run without the service's extra.
+    from fastapi.testclient import TestClient
+
+    from serve.db import Database
+    from tests.fakes.vlm_server import FakeVLMServer, RecordedRequest
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ def database_url(request: pytest.FixtureRequest) -> Iterator[str | None]:
 @pytest.fixture
 def db(tmp_path: Path, database_url: str | None) -> Iterator[Database]:
     """An empty service database (schema created) on SQLite or PostgreSQL."""
+    from serve.db import Database
+
     database = Database(database_url, data_dir=tmp_path)
     database.create_schema()
     yield database
@@ -115,12 +119,13 @@ def db(tmp_path: Path, database_url: str | None) -> Iterator[Database]:
 
 
 @pytest.fixture
-def vlm_server() -> Iterator[FakeVLMServer]:
+def vlm_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeVLMServer]:
     """A loopback OpenAI-compatible VLM that says yes to every crop that is mostly bright."""
-    os.environ["OPENAI_API_KEY"] = "test-key"
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    from tests.fakes.vlm_server import FakeVLMServer
+
     with FakeVLMServer(script=answer_by_crop) as running:
         yield running
-    os.environ.pop("OPENAI_API_KEY", None)
 
 
 def answer_by_crop(request: RecordedRequest) -> str:
@@ -135,8 +140,8 @@ def service_settings(
     database_url: str | None,
     tiny_detector_dir: Path,
     vlm_server: FakeVLMServer,
-) -> Settings:
-    return Settings(
+) -> ServiceSettings:
+    return ServiceSettings(
         data_dir=tmp_path / "data",
         database_url=database_url,
         service_detectors={"default": str(tiny_detector_dir)},
@@ -156,7 +161,7 @@ def service_settings(
 @dataclass
 class Service:
     client: TestClient
-    settings: Settings
+    settings: ServiceSettings
     db: Database
     project_id: str
     headers: dict[str, str]
@@ -166,6 +171,8 @@ class Service:
 
     def run_jobs(self) -> int:
         """Run queued jobs in this thread until none is left; returns how many ran."""
+        from serve.jobs.worker import Worker
+
         worker = Worker(db=self.db, settings=self.settings, name="test-worker")
         ran = 0
         while worker.run_once():
@@ -184,6 +191,8 @@ class Service:
         return version
 
     def new_project(self, name: str) -> tuple[str, dict[str, str]]:
+        from serve.api.auth import create_api_key, create_project
+
         project_id = create_project(self.db, name=name, ontology=SHAPES)
         key = create_api_key(self.db, project_id=project_id)
         return project_id, {"Authorization": f"Bearer {key.token}"}
@@ -197,8 +206,13 @@ SHAPES = Ontology.from_mapping({"shape": ["circle", "square"]})
 
 
 @pytest.fixture
-def service(service_settings: Settings) -> Iterator[Service]:
+def service(service_settings: ServiceSettings) -> Iterator[Service]:
     """The app on a fresh database, one project with an ontology and a key; no worker threads."""
+    from fastapi.testclient import TestClient
+
+    from serve.api.app import create_app
+    from serve.api.auth import create_api_key, create_project
+
     app = create_app(service_settings)
     with TestClient(app) as client:
         db = app.state.db

@@ -6,9 +6,9 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from labeler.settings import Settings
 from serve.api.app import create_app
 from serve.db import Database, projects
+from serve.settings import ServiceSettings
 
 
 def test_a_lookup_outside_a_transaction_leaves_later_transactions_intact(db: Database) -> None:
@@ -68,7 +68,7 @@ def test_a_lookup_refuses_columns_the_driver_would_return_unconverted(db: Databa
 
 
 def test_the_app_closes_the_connections_of_the_database_it_opened(
-    service_settings: Settings,
+    service_settings: ServiceSettings,
 ) -> None:
     app = create_app(service_settings)
     with TestClient(app) as client:

@@ -6,19 +6,23 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from serve.api.deps import CurrentPrincipal, Db, ServiceSettings
-from serve.api.schemas import ServiceOptions, error_responses
+from labeler.core.version import __version__
+from serve.api.deps import CurrentPrincipal, CurrentSettings, Db
+from serve.api.schemas import HealthPublic, ServiceOptions, error_responses
 from serve.db import jobs
 from serve.telemetry import JOBS_IN_QUEUE
 
 router = APIRouter(tags=["service"])
 
 
-@router.get("/healthz", summary="Liveness and database reachability (no API key needed)")
-def healthz(db: Db) -> dict[str, str]:
+@router.get(
+    "/healthz",
+    summary="Liveness, database reachability and the server's version (no API key needed)",
+)
+def healthz(db: Db) -> HealthPublic:
     with db.read() as connection:
         connection.execute(sa.text("SELECT 1"))
-    return {"status": "ok", "database": db.dialect}
+    return HealthPublic(status="ok", database=db.dialect, version=__version__)
 
 
 @router.get(
@@ -26,9 +30,10 @@ def healthz(db: Db) -> dict[str, str]:
     summary="What this server offers: detector, verifier and training-base names, and limits",
     responses=error_responses(401),
 )
-def options(settings: ServiceSettings, _: CurrentPrincipal) -> ServiceOptions:
+def options(settings: CurrentSettings, _: CurrentPrincipal) -> ServiceOptions:
     # Names only: what each stands for (a model path, a URL) is the operator's.
     return ServiceOptions(
+        version=__version__,
         detectors=sorted(settings.service_detectors),
         verifiers=sorted(settings.service_verifiers),
         train_bases=sorted(settings.service_train_bases),

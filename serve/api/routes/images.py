@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, HTTPException, Query, Request, Response, Up
 from fastapi.responses import FileResponse
 
 from labeler.core.exceptions import InputError
-from serve.api.deps import Db, Offset, ProjectId, ServiceSettings, run_in_app_pool
+from serve.api.deps import CurrentSettings, Db, Offset, ProjectId, run_in_app_pool
 from serve.api.schemas import (
     ImagePublic,
     ImageUploadResult,
@@ -83,7 +83,7 @@ def _answer(result: IngestResult, response: Response) -> ImageUploadResult:
 )
 async def upload_images(
     db: Db,
-    settings: ServiceSettings,
+    settings: CurrentSettings,
     project_id: ProjectId,
     files: Annotated[list[UploadFile], File(description="Images (JPEG, PNG, ...) or zip files.")],
     request: Request,
@@ -108,7 +108,7 @@ async def upload_images(
 )
 async def fetch_images(
     db: Db,
-    settings: ServiceSettings,
+    settings: CurrentSettings,
     project_id: ProjectId,
     body: UrlFetchCreate,
     request: Request,
@@ -147,7 +147,7 @@ def get_image(db: Db, project_id: ProjectId, image_id: str) -> ImagePublic:
     },
 )
 def download_image(
-    db: Db, settings: ServiceSettings, project_id: ProjectId, image_id: str
+    db: Db, settings: CurrentSettings, project_id: ProjectId, image_id: str
 ) -> FileResponse:
     [image] = get_images(db, project_id=project_id, image_ids=[image_id])
     path = blob_path(settings.data_dir, image.sha256, image.extension)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import FileResponse
 
-from serve.api.deps import Db, Offset, ProjectId, ServiceSettings
+from serve.api.deps import CurrentSettings, Db, Offset, ProjectId
 from serve.api.schemas import (
     JobProgressPublic,
     JobPublic,
@@ -85,7 +85,7 @@ def _submitted(job: job_service.JobRecord, created: bool, response: Response) ->
 )
 def submit_label_job(
     db: Db,
-    settings: ServiceSettings,
+    settings: CurrentSettings,
     project_id: ProjectId,
     body: LabelJobCreate,
     response: Response,
@@ -105,7 +105,7 @@ def submit_label_job(
 )
 def submit_train_job(
     db: Db,
-    settings: ServiceSettings,
+    settings: CurrentSettings,
     project_id: ProjectId,
     body: TrainJobCreate,
     response: Response,
@@ -181,7 +181,7 @@ def job_results(
 )
 def export_job(
     db: Db,
-    settings: ServiceSettings,
+    settings: CurrentSettings,
     project_id: ProjectId,
     job_id: str,
     format: Literal["yolo", "coco"] = "yolo",

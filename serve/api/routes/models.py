@@ -16,15 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
+from labeler.core.detections import as_records
 from labeler.core.exceptions import ImageError, InputError, ModelLoadError
-from labeler.settings import Settings
-from serve.api.deps import Db, ProjectId, ServiceSettings, run_in_app_pool
+from serve.api.deps import CurrentSettings, Db, ProjectId, run_in_app_pool
 from serve.api.schemas import ModelPublic, PredictResult, PromotionPublic, error_responses
 from serve.errors import ConflictError, NotFoundError
 from serve.ingest.uploads import ACCEPTED_FORMATS, DECODE_SLOTS
 from serve.jobs.service import without_data_dir
 from serve.jobs.worker import registry_dir
 from serve.runtime.onnx import OnnxDetector, load_runtime, read_image_bytes
+from serve.settings import ServiceSettings
 
 if TYPE_CHECKING:
     from distill.registry import ModelVersion, PromotionDecision, Registry
@@ -84,13 +85,13 @@ def _get_version(registry: Registry, version: str) -> ModelVersion:
 
 
 @router.get("/models", summary="Registered models, oldest first")
-def list_models(db: Db, settings: ServiceSettings, project_id: ProjectId) -> list[ModelPublic]:
+def list_models(db: Db, settings: CurrentSettings, project_id: ProjectId) -> list[ModelPublic]:
     with _registry(settings.data_dir, project_id) as registry:
         return [_model_public(v) for v in registry.list()]
 
 
 @router.get("/models/{version}", summary="One model: metrics and artifacts", responses=_ERRORS)
-def get_model(settings: ServiceSettings, project_id: ProjectId, version: str) -> ModelPublic:
+def get_model(settings: CurrentSettings, project_id: ProjectId, version: str) -> ModelPublic:
     with _registry(settings.data_dir, project_id) as registry:
         return _model_public(_get_version(registry, version))
 
@@ -109,7 +110,7 @@ class PromoteRequest(BaseModel):
     responses=_ERRORS,
 )
 def promote_model(
-    settings: ServiceSettings,
+    settings: CurrentSettings,
     project_id: ProjectId,
     version: str,
     request: Annotated[PromoteRequest | None, Body()] = None,
@@ -136,7 +137,7 @@ def promote_model(
     responses=_ERRORS,
 )
 def list_promotions(
-    settings: ServiceSettings,
+    settings: CurrentSettings,
     project_id: ProjectId,
     version: Annotated[str | None, Query(description="Only this model's (v3).")] = None,
 ) -> list[PromotionPublic]:
@@ -153,7 +154,7 @@ def list_promotions(
     response_class=FileResponse,
     responses={200: {"content": {"application/octet-stream": {}}}, **_ERRORS},
 )
-def download_onnx(settings: ServiceSettings, project_id: ProjectId, version: str) -> FileResponse:
+def download_onnx(settings: CurrentSettings, project_id: ProjectId, version: str) -> FileResponse:
     with _registry(settings.data_dir, project_id) as registry:
         found = _get_version(registry, version)
     artifact = found.artifacts.get("onnx")
@@ -304,8 +305,8 @@ async def predict(
 ) -> Response:
     """The response's ``Server-Timing`` header gives ``runtime`` (decoding and running the
     model) and ``app`` (all of the request inside the service) in milliseconds."""
-    # From the app rather than ``ServiceSettings``: each dependency costs this route time.
-    settings: Settings = request.app.state.settings
+    # From the app rather than ``CurrentSettings``: each dependency costs this route time.
+    settings: ServiceSettings = request.app.state.settings
     data, name = await _image_from_request(request, settings.max_image_bytes)
 
     def run() -> Response:
@@ -325,28 +326,16 @@ async def predict(
                 ) from None
         detections = detector.predict([image])[0]
         runtime_ms = (time.perf_counter() - started) * 1e3
-        keep = detections.confidence >= conf
-        names = detector.names
-        result = PredictResult(
-            model_version=version,
-            image_wh=image.size,
-            detections=[
-                {
-                    "class": names[int(class_id)],
-                    "class_id": int(class_id),
-                    "xyxy": [round(float(v), 2) for v in xyxy],
-                    "score": round(float(score), 4),
-                }
-                for xyxy, class_id, score in zip(
-                    detections.xyxy[keep],
-                    detections.class_id[keep],
-                    detections.confidence[keep],
-                    strict=True,
-                )
-            ],
+        kept = detections[detections.confidence >= conf]
+        result = PredictResult.model_validate(
+            {
+                "model_version": version,
+                "image_wh": image.size,
+                "detections": as_records(kept, detector.names),
+            }
         )
         return Response(
-            result.model_dump_json(),
+            result.model_dump_json(by_alias=True),
             media_type="application/json",
             headers={"Server-Timing": f"runtime;dur={runtime_ms:.2f}"},
         )

@@ -19,7 +19,14 @@ from labeler.core.detections import Detections
 from labeler.core.exceptions import InputError
 from labeler.core.images import load_image, sha256_file
 from labeler.demo.synthetic import SHAPE_CLASSES, make_shapes_image, write_shapes_items
-from labeler.export.dataset import ExportItem, ExportSummary, export_dataset, split_for
+from labeler.export.dataset import (
+    ExportItem,
+    ExportSummary,
+    export_dataset,
+    split_for,
+    unwritable_reasons,
+    writable_boxes,
+)
 
 CLASSES = ("cat", "dog")
 
@@ -730,3 +737,53 @@ def test_synthetic_items_export_with_exact_boxes(tmp_path: Path) -> None:
     assert [int(row[0]) for row in rows] == detections.class_id.tolist()
     got = [_yolo_to_xyxy(row[1:], (64, 48)) for row in rows]
     np.testing.assert_allclose(got, detections.xyxy, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("xyxy", "writable"),
+    [
+        ([10, 10, 20, 20], True),
+        ([2, 2, 3, 3], True),  # exactly one pixel a side
+        ([-5, -3, 20, 20], True),  # clipped, still large
+        ([30, 30, 30.5, 39], False),  # 0.5 px wide
+        ([49.6, 0, 60, 10], False),  # 0.4 px wide once clipped to the 50 px wide image
+        ([51, 41, 60, 50], False),  # outside the image
+        ([40, 30, 35, 35], False),  # inverted
+        ([np.nan, 1, 5, 5], False),
+    ],
+)
+def test_writable_boxes_is_the_rule_the_exporter_writes_by(
+    xyxy: list[float], writable: bool, tmp_path: Path
+) -> None:
+    source = tmp_path / "edge.png"
+    _noise((50, 40), 5).save(source)
+    item = _item(source, [xyxy], [0])
+
+    _, keep = writable_boxes(item.detections.xyxy, item.image_wh)
+    summary = export_dataset([item], CLASSES, tmp_path / "out")
+    reasons = unwritable_reasons(item.detections.xyxy, item.image_wh)
+
+    assert keep.tolist() == [writable]
+    assert summary.boxes["train"] == int(writable)
+    assert summary.dropped_boxes == int(not writable)
+    assert (reasons[0] is None) is writable
+    if not writable:
+        assert reasons[0] is not None and reasons[0].startswith("too small to export")
+        assert "50x40 image" in reasons[0]
+
+
+def test_writable_boxes_agrees_with_the_export_on_random_boxes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    source = tmp_path / "tiny.png"
+    _noise((7, 5), 1).save(source)
+    corners = rng.uniform(-2, 9, (200, 2)).astype(np.float32)
+    sides = rng.choice([0.0, 0.5, 0.999, 1.0, 1.001, 3.0], (200, 2)).astype(np.float32)
+    xyxy = np.concatenate([corners, corners + sides], axis=1)
+    item = _item(source, xyxy.tolist(), [0] * len(xyxy))
+
+    _, keep = writable_boxes(item.detections.xyxy, item.image_wh)
+    summary = export_dataset([item], CLASSES, tmp_path / "out")
+
+    assert 0 < keep.sum() < len(keep)
+    assert summary.boxes["train"] == keep.sum()
+    assert summary.dropped_boxes == len(keep) - keep.sum()

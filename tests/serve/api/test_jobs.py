@@ -3,6 +3,7 @@ cancel; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import zipfile
@@ -245,6 +246,7 @@ def test_callers_never_see_the_servers_paths_or_model_locations(
     private = [str(service.settings.data_dir.resolve()), detector_path, "127.0.0.1"]
     provenance = done["result"]["provenance"]
     assert (provenance["detector"], provenance["verifier"]) == ("default", "fake")
+    assert provenance["promptlabel_version"] == importlib.metadata.version("promptlabel")
     export = service.client.get(
         service.url(f"/jobs/{job['id']}/export"), headers=service.headers, params={"format": "yolo"}
     )

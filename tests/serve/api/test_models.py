@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import io
 import re
 from pathlib import Path
@@ -13,6 +14,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from labeler.core.detections import Detections, as_records
 from labeler.core.exceptions import InputError
 from serve.runtime.onnx import load_runtime
 from tests.serve.conftest import Service, Students, png_bytes
@@ -68,6 +70,8 @@ def test_train_register_promote_download_predict(service: Service) -> None:
     assert job["status"] == "succeeded", job
     version = job["result"]["model_version"]
     assert {"map50", "map50_95", "label_hash"} <= job["result"]["metrics"].keys()
+    installed = importlib.metadata.version("promptlabel")
+    assert job["result"]["provenance"] == {"promptlabel_version": installed}
     assert job["progress"]["stages"]["train"] == {"done": 1, "total": 1}
 
     models = service.client.get(service.url("/models"), headers=service.headers).json()
@@ -160,6 +164,8 @@ def test_predict_takes_the_raw_image_or_a_form_and_answers_as_the_runtime_does(
         np.testing.assert_allclose(
             [d["xyxy"] for d in raw.json()["detections"]], expected.xyxy, atol=0.01
         )
+        # Box for box the one record of a detection, as `promptlabel predict --json` prints it.
+        assert raw.json()["detections"] == as_records(expected, direct.names)
     # Any image type, or bytes of no stated kind, is read as an image.
     octet = service.client.post(
         service.url("/predict"),
@@ -483,3 +489,21 @@ def test_promotion_reasons_name_the_labeling_job_not_the_servers_files(data_dir:
         "mAP50-95 0.5 vs production v1 0.4 on the dataset of labeling job job_0f89618f95f248fb "
         "(val): within tolerance 0.01"
     )
+
+
+def test_the_openapi_doc_describes_a_predicted_box_as_the_one_detection_record(
+    service: Service,
+) -> None:
+    spec = service.client.get("/openapi.json").json()
+    path = next(p for p in spec["paths"] if p.endswith("/predict"))
+    answer = spec["paths"][path]["post"]["responses"]["200"]["content"]["application/json"]
+    assert answer["schema"]["$ref"].endswith("/PredictResult")
+    schemas = spec["components"]["schemas"]
+    detections = schemas["PredictResult"]["properties"]["detections"]
+    assert detections["items"]["$ref"].endswith("/DetectionPublic")
+    box = schemas["DetectionPublic"]
+    one_box = Detections(xyxy=[[1, 2, 3, 4]], class_id=[0], confidence=[0.5])
+    record = as_records(one_box, ["shape"])[0]
+    assert list(box["properties"]) == list(record)
+    assert set(box["required"]) == set(record)
+    assert all(box["properties"][name].get("description") for name in record)

@@ -60,7 +60,9 @@ def _worker_env(service: Service, lease_s: float) -> dict[str, str]:
         "OPENAI_API_KEY": "test-key",
         "PROMPTLABEL_DATA_DIR": str(settings.data_dir),
         "PROMPTLABEL_SERVICE_DETECTORS": json.dumps(settings.service_detectors),
-        "PROMPTLABEL_SERVICE_VERIFIERS": json.dumps(settings.service_verifiers),
+        "PROMPTLABEL_SERVICE_VERIFIERS": json.dumps(
+            settings.model_dump(mode="json")["service_verifiers"]
+        ),
         "PROMPTLABEL_SERVICE_VERIFIER_URL": str(settings.service_verifier_url),
         "PROMPTLABEL_SERVICE_DEVICE": "cpu",
         "PROMPTLABEL_LEASE_S": str(lease_s),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -78,6 +79,16 @@ def test_help_lists_commands() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
     assert "label" in result.stdout and "demo" in result.stdout
+    assert "on-device model" in result.stdout  # what the product is, not only its first stage
+
+
+def test_version_prints_the_installed_version_on_stdout() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"promptlabel {importlib.metadata.version('promptlabel')}\n"
+    assert result.stderr == ""
+    # Eager: it answers before a command's own arguments are looked at.
+    assert run_cli("--version", "label").stdout == result.stdout
 
 
 def test_summary_says_when_files_are_copies_of_each_other(

@@ -54,7 +54,7 @@ def test_projects_and_keys_commands(tmp_path: Path) -> None:
     assert token.startswith("pl_") and "not shown again" in key.stderr
     listed = run_cli("keys", "list", "--data-dir", data)
     key_id = token[3:].split(".")[0]
-    assert key_id in listed.stderr and "pets" in listed.stderr
+    assert key_id in listed.stdout and "pets" in listed.stdout
     assert token.split(".")[1] not in listed.stderr + listed.stdout  # never shown again
 
     missing = run_cli("keys", "create", "--project", "nope", "--data-dir", data)
@@ -66,7 +66,7 @@ def test_projects_and_keys_commands(tmp_path: Path) -> None:
     assert changed.returncode == 0, changed.stderr
     assert "project pets: 2 classes (cat, dog)" in changed.stderr
     listed_projects = run_cli("projects", "list", "--data-dir", data)
-    [pets_row] = [line for line in listed_projects.stderr.splitlines() if project_id in line]
+    [pets_row] = [line for line in listed_projects.stdout.splitlines() if project_id in line]
     assert " 2 " in pets_row, pets_row
     broken = tmp_path / "broken.yaml"
     broken.write_text("classes: [\n")
@@ -98,6 +98,39 @@ def test_projects_and_keys_commands(tmp_path: Path) -> None:
     assert twice.returncode == 2 and "no active API key" in twice.stderr
 
 
+def test_lists_print_on_stdout_and_json_for_scripts(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    ontology = tmp_path / "ontology.yaml"
+    ontology.write_text("classes:\n  cat: a cat\n  dog: a dog\n")
+    project_id = run_cli(
+        "projects", "create", "pets", "--ontology", ontology, "--data-dir", data
+    ).stdout.strip()  # fmt: skip
+    token = run_cli("keys", "create", "--project", "pets", "--data-dir", data).stdout.strip()
+    key_id, secret = token[3:].split(".")
+
+    projects = run_cli("projects", "list", "--data-dir", data)
+    assert projects.returncode == 0, projects.stderr
+    assert project_id in projects.stdout and projects.stderr == ""
+    keys = run_cli("keys", "list", "--data-dir", data)
+    assert keys.returncode == 0, keys.stderr
+    assert key_id in keys.stdout and keys.stderr == ""
+
+    projects = run_cli("projects", "list", "--data-dir", data, "--json")
+    assert projects.returncode == 0 and projects.stderr == "", projects.stderr
+    [project] = json.loads(projects.stdout)
+    assert (project["id"], project["name"]) == (project_id, "pets")
+    assert project["classes"] == ["cat", "dog"]
+    assert project["created_at"].endswith("+00:00")
+
+    assert run_cli("keys", "revoke", key_id, "--data-dir", data).returncode == 0
+    keys = run_cli("keys", "list", "--data-dir", data, "--json")
+    assert keys.returncode == 0 and keys.stderr == "", keys.stderr
+    [key] = json.loads(keys.stdout)
+    assert key["key_id"] == key_id and key["project"] == "pets" and key["project_id"] == project_id
+    assert key["revoked_at"] is not None
+    assert secret not in keys.stdout  # the secret is never stored, so never listed
+
+
 def test_bad_settings_and_options_are_one_line_before_anything_runs(tmp_path: Path) -> None:
     data = ["--data-dir", str(tmp_path / "data")]
     for variable, value, named in (
@@ -107,7 +140,7 @@ def test_bad_settings_and_options_are_one_line_before_anything_runs(tmp_path: Pa
         (
             "PROMPTLABEL_SERVICE_VERIFIERS",
             '{"vlm": "openia:gpt-4o-mini"}',
-            "PROMPTLABEL_SERVICE_VERIFIERS: Value error, 'vlm': unknown verifier",
+            "PROMPTLABEL_SERVICE_VERIFIERS: 'vlm': unknown verifier",
         ),
         (
             "PROMPTLABEL_SERVICE_VERIFIERS",

@@ -16,24 +16,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from distill.model_metadata import REQUIRED_METADATA
 from labeler.core.detections import Detections
 from labeler.core.exceptions import ImageError, InputError, ModelLoadError
 from serve.runtime.onnx import (
-    REQUIRED_METADATA,
     LetterboxGeometry,
-    ModelMetadata,
     OnnxDetector,
     letterbox_geometry,
     letterbox_image,
     load_runtime,
     non_max_suppression,
-    parse_metadata,
     resize_like_cv2,
 )
 from tests.fakes.students import SHAPE_NAMES
 from tests.serve.conftest import Students
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 # ---------------------------------------------------------------------------------------------
 # Parity with Ultralytics
@@ -447,55 +445,6 @@ def test_nms_matches_a_plain_reference_and_torchvision(iou: float, agnostic: boo
 # Metadata and errors
 
 
-GOOD_METADATA = {
-    "names": "{0: 'circle', 1: 'square'}",
-    "imgsz": "[256, 320]",
-    "stride": "32",
-    "task": "detect",
-    "batch": "1",
-    "end2end": "False",
-    "args": "{'batch': 1, 'nms': None, 'dynamic': True}",
-}
-
-
-def test_parse_metadata() -> None:
-    metadata = parse_metadata(GOOD_METADATA, source="m.onnx")
-    assert metadata == ModelMetadata(
-        names=("circle", "square"), imgsz=(256, 320), stride=32, task="detect", dynamic=True
-    )
-    minimal = {key: GOOD_METADATA[key] for key in REQUIRED_METADATA}
-    assert parse_metadata(minimal).end2end is False
-    assert parse_metadata({**minimal, "args": "{'nms': True}"}).end2end is True
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"names": None}, "no Ultralytics metadata \\['names'\\]"),
-        ({"task": "segment"}, "task is 'segment'"),
-        ({"names": "__import__('os').system('echo hi')"}, "'names' is not a Python literal"),
-        ({"names": "{}"}, "non-empty dict"),
-        ({"names": "{0: 'a', 2: 'b'}"}, "number classes 0..1"),
-        ({"names": "{'a': 'b'}"}, "keys must be class indices"),
-        ({"imgsz": "[640]"}, "'imgsz' must be \\[height, width\\]"),
-        ({"imgsz": "[640, -1]"}, "'imgsz' must be"),
-        ({"stride": "thirty-two"}, "'stride' and 'batch' must be integers"),
-        ({"stride": "0"}, "must be >= 1"),
-    ],
-)
-def test_parse_metadata_rejects(change: dict[str, str | None], message: str) -> None:
-    props = {k: v for k, v in {**GOOD_METADATA, **change}.items() if v is not None}
-    with pytest.raises(ModelLoadError, match=message) as caught:
-        parse_metadata(props, source="student.onnx")
-    assert "student.onnx" in str(caught.value)
-
-
-def test_parse_metadata_accepts_an_imgsz_int_and_names_list() -> None:
-    props = {**GOOD_METADATA, "imgsz": "320", "names": "['a', 'b']"}
-    metadata = parse_metadata(props)
-    assert metadata.imgsz == (320, 320) and metadata.names == ("a", "b")
-
-
 def _copy_without_metadata(source: Path, target: Path, keep: Sequence[str] = ()) -> Path:
     onnx = pytest.importorskip("onnx")
     model = onnx.load(str(source))
@@ -504,6 +453,19 @@ def _copy_without_metadata(source: Path, target: Path, keep: Sequence[str] = ())
     model.metadata_props.extend(kept)
     onnx.save(model, str(target))
     return target
+
+
+def test_a_model_of_another_task_is_refused(students: Students, tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(students.static))
+    for prop in model.metadata_props:
+        if prop.key == "task":
+            prop.value = "segment"
+    segment = tmp_path / "segment.onnx"
+    onnx.save(model, str(segment))
+    with pytest.raises(ModelLoadError, match="task is 'segment'") as caught:
+        load_runtime(segment)
+    assert str(segment) in str(caught.value)
 
 
 def test_load_errors_name_the_file(students: Students, tmp_path: Path) -> None:
