@@ -537,17 +537,24 @@ class _Routed:
     rows: list[LabelRow]
     items: list[ExportItem]
     review: list[dict[str, Any]]
-    per_class: dict[str, Counter[str]]
     images: list[dict[str, Any]]  # one record per image: every proposal with status and evidence
+
+    def per_class(self, names: Sequence[str], exported: set[str]) -> dict[str, Counter[str]]:
+        """Statuses per class over the images in ``exported`` (sha256s), so that the report counts
+        exactly what the dataset holds: an image the exporter had to leave out counts as failed."""
+        counts: dict[str, Counter[str]] = {name: Counter() for name in names}
+        for image in self.images:
+            if image["image_sha256"] in exported:
+                for label in image["labels"]:
+                    counts[label["class"]][label["status"]] += 1
+        return counts
 
 
 def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> _Routed:
     questions = _questions(config)
     identity = None if all(q is None for q in questions) else config.verifier_identity()
     names = config.ontology.names
-    routed = _Routed(
-        rows=[], items=[], review=[], per_class={n: Counter() for n in names}, images=[]
-    )
+    routed = _Routed(rows=[], items=[], review=[], images=[])
     sizes = workspace.image_sizes(scan.first_path)
     for sha in sorted(scan.first_path):
         proposals = workspace.load_proposals(sha, key)
@@ -568,8 +575,6 @@ def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> 
                 unwritable=unwritable[i],
                 thresholds=config.thresholds,
             )
-            class_name = names[int(proposals.class_id[i])]
-            routed.per_class[class_name][decision.status.value] += 1
             routed.rows.append(
                 LabelRow(
                     proposal_id=int(proposals.data["proposal_id"][i]),
@@ -681,8 +686,12 @@ def run_label(
                 # Same size and mtime, other bytes (cp -p, an archive): hash it again next run.
                 workspace.forget_file(str(Path(source).resolve()))
 
+        exported = {
+            item.sha256 for item in routed.items if str(item.source_path) not in summary.skipped
+        }
+        per_class = routed.per_class(config.ontology.names, exported)
         statuses: Counter[str] = Counter()
-        for counts in routed.per_class.values():
+        for counts in per_class.values():
             statuses.update(counts)
         identity = config.verifier_identity() if config.uses_verifier else None
         report: dict[str, Any] = {
@@ -690,7 +699,9 @@ def run_label(
                 "total": len(scan.paths),
                 "labeled": len(scan.paths) - len(scan.failed),
                 "unique": len(scan.first_path),
-                "with_accepted_boxes": sum(1 for item in routed.items if len(item.detections)),
+                "with_accepted_boxes": sum(
+                    1 for item in routed.items if item.sha256 in exported and len(item.detections)
+                ),
                 "failed": [
                     {"path": str(path), "error": error}
                     for path, error in sorted(scan.failed.items())
@@ -699,7 +710,7 @@ def run_label(
             "labels": {status.value: statuses[status.value] for status in Status},
             "per_class": {
                 name: {status.value: counts[status.value] for status in Status}
-                for name, counts in routed.per_class.items()
+                for name, counts in per_class.items()
             },
             "verifier": asdict(verify_stats),
             "timings_s": {stage: round(seconds, 3) for stage, seconds in timings.items()},

@@ -43,6 +43,9 @@ __all__ = [
     "get_service_settings",
 ]
 
+# URL ingestion: how long one fetch may take, and how many redirects it follows.
+DEFAULT_FETCH_TIMEOUT_S = 15.0
+DEFAULT_MAX_REDIRECTS = 3
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _HTTP_BACKENDS = frozenset({"openai", "moondream"})  # the backends that ask a server
 
@@ -124,10 +127,10 @@ class ServiceSettings(TrainSettings, LabelSettings):
     max_urls_per_request: int = 100
     # CIDRs or host names that URL ingestion may reach although they are private (JSON list).
     url_allowlist: list[str] = Field(default_factory=list)
-    fetch_timeout_s: float = 15.0
+    fetch_timeout_s: float = DEFAULT_FETCH_TIMEOUT_S
     # For all the URLs of one /images/fetch request: those not fetched by then are rejected.
     fetch_request_timeout_s: float = 120.0
-    max_redirects: int = 3
+    max_redirects: int = DEFAULT_MAX_REDIRECTS
 
     @field_validator("service_verifiers", mode="before")
     @classmethod

@@ -104,17 +104,6 @@ class Detections:
         area: npt.NDArray[np.float32] = wh[:, 0] * wh[:, 1]
         return area
 
-    def with_clipped_boxes(self, image_wh: tuple[int, int]) -> Detections:
-        """Boxes clipped to the image; boxes that end up with no area are dropped."""
-        width, height = image_wh
-        clipped = self.xyxy.copy()
-        clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, width)
-        clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, height)
-        out = Detections(
-            clipped, self.class_id, self.confidence, dict(self.data), dict(self.metadata)
-        )
-        return out[out.area > 0]
-
 
 def as_records(
     detections: Detections, names: Sequence[str] | Mapping[int, str]

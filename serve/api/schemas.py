@@ -7,6 +7,12 @@ from typing import Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from distill.train import DEFAULT_BATCH, DEFAULT_IMGSZ, DEFAULT_PATIENCE
+from labeler.export.dataset import DEFAULT_VAL_FRACTION
+from labeler.propose.options import DetectorOptions
+from labeler.route import RouteThresholds
+from labeler.verify.templates import DEFAULT_VERIFY_MODE
+
 __all__ = [
     "DetectionPublic",
     "ErrorBody",
@@ -118,30 +124,36 @@ class UrlFetchCreate(_In):
     urls: list[str] = Field(min_length=1, description="http(s) URLs of images to fetch.")
 
 
+# The library's defaults, so that a job submitted over HTTP labels as the CLI does.
+_DETECTOR = DetectorOptions()
+_ROUTE = RouteThresholds()
+
+
 class LabelJobCreate(_In):
     image_ids: list[str] | None = Field(
         default=None, description="Images to label; null for every image of the project."
     )
     detector: str = Field(default="default", description="A detector name the server offers.")
     verifier: str = Field(default="none", description="A verifier name the server offers.")
-    verify_mode: Literal["crop", "marks"] = "crop"
-    box_threshold: float = Field(default=0.35, ge=0, le=1)
-    text_threshold: float = Field(default=0.25, ge=0, le=1)
-    max_det: int = Field(default=100, ge=1, le=1000)
-    nms_iou: float = Field(default=0.5, ge=0, le=1)
-    accept_threshold: float = Field(default=0.7, ge=0, le=1)
-    reject_threshold: float = Field(default=0.3, ge=0, le=1)
-    review_below_score: float = Field(default=0.0, ge=0, le=1)
-    val_fraction: float = Field(default=0.2, ge=0, lt=1)
+    verify_mode: Literal["crop", "marks"] = DEFAULT_VERIFY_MODE
+    box_threshold: float = Field(default=_DETECTOR.box_threshold, ge=0, le=1)
+    text_threshold: float = Field(default=_DETECTOR.text_threshold, ge=0, le=1)
+    max_det: int = Field(default=_DETECTOR.max_det, ge=1, le=1000)
+    nms_iou: float = Field(default=_DETECTOR.nms_iou, ge=0, le=1)
+    accept_threshold: float = Field(default=_ROUTE.accept, ge=0, le=1)
+    reject_threshold: float = Field(default=_ROUTE.reject, ge=0, le=1)
+    review_below_score: float = Field(default=_ROUTE.review_below_score, ge=0, le=1)
+    val_fraction: float = Field(default=DEFAULT_VAL_FRACTION, ge=0, lt=1)
 
 
 class TrainJobCreate(_In):
     label_job_id: str = Field(description="A finished labeling job whose dataset to train on.")
     base: str = Field(default="yolo11n", description="A starting model name the server offers.")
+    # Half the CLI's 100 epochs: a service job shares its machine with other projects' jobs.
     epochs: int = Field(default=50, ge=1, le=1000)
-    imgsz: int = Field(default=640, ge=32, le=2048, multiple_of=32)
-    batch: int = Field(default=16, ge=1, le=512)
-    patience: int = Field(default=50, ge=0, le=1000)
+    imgsz: int = Field(default=DEFAULT_IMGSZ, ge=32, le=2048, multiple_of=32)
+    batch: int = Field(default=DEFAULT_BATCH, ge=1, le=512)
+    patience: int = Field(default=DEFAULT_PATIENCE, ge=0, le=1000)
     seed: int = Field(default=0, ge=0)
 
 
@@ -221,6 +233,9 @@ class PromotionPublic(BaseModel):
     production_map50_95: float | None = Field(
         description="Production's mAP50-95 on the same set; null when there was no production."
     )
+    promptlabel_version: str | None = Field(
+        description="The promptlabel version that made the decision; null for older decisions."
+    )
     tolerance: float = Field(description="How much mAP50-95 the candidate could lose and pass.")
     production_reevaluated: bool = Field(
         description="Production's score was measured now (true) or read from its stored metrics."
@@ -236,6 +251,9 @@ class ModelPublic(BaseModel):
     metrics: dict[str, Any]
     artifacts: list[str]
     parent: str | None
+    promptlabel_version: str | None = Field(
+        description="The promptlabel version that registered the model; null for older entries."
+    )
 
 
 class HealthPublic(BaseModel):

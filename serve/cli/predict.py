@@ -13,6 +13,7 @@ from rich.table import Table
 
 from labeler.core.exceptions import PromptlabelError
 from serve.cli.common import console, fail, make_progress, print_json, results
+from serve.runtime.defaults import DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET
 
 __all__ = ["predict"]
 
@@ -48,9 +49,9 @@ def predict(
     save_annotated: Annotated[
         Path | None, typer.Option(help="Folder to write images with boxes drawn.")
     ] = None,
-    conf: Annotated[float, typer.Option(help="Minimum score.")] = 0.25,
-    iou: Annotated[float, typer.Option(help="NMS IoU.")] = 0.7,
-    max_det: Annotated[int, typer.Option(help="Most boxes per image.")] = 300,
+    conf: Annotated[float, typer.Option(help="Minimum score.")] = DEFAULT_CONF,
+    iou: Annotated[float, typer.Option(help="NMS IoU.")] = DEFAULT_IOU,
+    max_det: Annotated[int, typer.Option(help="Most boxes per image.")] = DEFAULT_MAX_DET,
 ) -> None:
     """Run an exported student on images with the device runtime (numpy + onnxruntime only).
 

@@ -40,6 +40,7 @@ import httpcore
 import httpx
 
 from labeler.core.exceptions import InputError
+from serve.settings import DEFAULT_FETCH_TIMEOUT_S, DEFAULT_MAX_REDIRECTS
 
 __all__ = [
     "DNS_LOOKUPS_AT_ONCE",
@@ -239,7 +240,12 @@ class FetchClient:
         self._pool.close()
 
     def fetch(
-        self, url: str, *, max_bytes: int, timeout_s: float = 10.0, max_redirects: int = 3
+        self,
+        url: str,
+        *,
+        max_bytes: int,
+        timeout_s: float = DEFAULT_FETCH_TIMEOUT_S,
+        max_redirects: int = DEFAULT_MAX_REDIRECTS,
     ) -> FetchedUrl:
         """GET ``url`` (following at most ``max_redirects`` redirects, each checked like the
         first URL) and return its body of at most ``max_bytes`` bytes, within ``timeout_s``
@@ -439,8 +445,8 @@ def fetch_url(
     *,
     policy: UrlPolicy,
     max_bytes: int,
-    timeout_s: float = 10.0,
-    max_redirects: int = 3,
+    timeout_s: float = DEFAULT_FETCH_TIMEOUT_S,
+    max_redirects: int = DEFAULT_MAX_REDIRECTS,
     resolver: Resolver | None = None,
     client: FetchClient | None = None,
 ) -> FetchedUrl:

@@ -58,6 +58,7 @@ from labeler.core.images import (
     open_image_bytes,
     to_rgb,
 )
+from serve.runtime.defaults import DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET
 
 __all__ = [
     "MAX_WH",
@@ -308,7 +309,7 @@ def non_max_suppression(
     class_id: npt.ArrayLike,
     *,
     iou: float,
-    max_det: int = 300,
+    max_det: int = DEFAULT_MAX_DET,
     agnostic: bool = False,
 ) -> npt.NDArray[np.int64]:
     """Indices of the boxes greedy NMS keeps, best score first, at most ``max_det``.
@@ -705,9 +706,9 @@ def load_runtime(
     path: str | Path,
     *,
     providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
-    conf: float = 0.25,
-    iou: float = 0.7,
-    max_det: int = 300,
+    conf: float = DEFAULT_CONF,
+    iou: float = DEFAULT_IOU,
+    max_det: int = DEFAULT_MAX_DET,
     agnostic: bool = False,
     imgsz: int | tuple[int, int] | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,

@@ -531,6 +531,9 @@ def test_a_file_whose_bytes_changed_unseen_is_reported_then_labeled_again(
     failed = {Path(f["path"]).name: f["error"] for f in second["images"]["failed"]}
     assert failed["swapped.bmp"].startswith("changed")
     assert second["images"]["labeled"] == 6
+    # The image left out of the dataset counts no labels: accepted is what the export holds.
+    assert second["labels"]["accepted"] > 0
+    assert _exported_boxes(tmp_path / "out") == (second["labels"]["accepted"],) * 2
     third = run_label(config, detector=ScriptedDetector())  # hashed again: new content, labeled
     assert "swapped.bmp" not in {Path(f["path"]).name for f in third["images"]["failed"]}
     assert third["images"]["labeled"] == 7

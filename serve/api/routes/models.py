@@ -24,6 +24,7 @@ from serve.errors import ConflictError, NotFoundError
 from serve.ingest.uploads import ACCEPTED_FORMATS, DECODE_SLOTS
 from serve.jobs.service import without_data_dir
 from serve.jobs.worker import registry_dir
+from serve.runtime.defaults import DEFAULT_CONF
 from serve.runtime.onnx import OnnxDetector, load_runtime, read_image_bytes
 from serve.settings import ServiceSettings
 
@@ -53,6 +54,7 @@ def _model_public(version: ModelVersion) -> ModelPublic:
         metrics={k: v for k, v in version.metrics.items() if k != "data"},
         artifacts=sorted(version.artifacts),
         parent=version.parent,
+        promptlabel_version=version.promptlabel_version,
     )
 
 
@@ -73,6 +75,7 @@ def _promotion_public(decision: PromotionDecision, data_dir: Path) -> PromotionP
         production_map50_95=decision.production_map50_95,
         tolerance=decision.tolerance,
         production_reevaluated=decision.production_reevaluated,
+        promptlabel_version=decision.promptlabel_version,
         created_at=decision.created_at,
     )
 
@@ -301,7 +304,7 @@ async def _read_image(request: Request, content_type: str, max_bytes: int) -> tu
 async def predict(
     project_id: ProjectId,
     request: Request,
-    conf: Annotated[float, Query(ge=0.1, le=1, description="Score threshold.")] = 0.25,
+    conf: Annotated[float, Query(ge=0.1, le=1, description="Score threshold.")] = DEFAULT_CONF,
 ) -> Response:
     """The response's ``Server-Timing`` header gives ``runtime`` (decoding and running the
     model) and ``app`` (all of the request inside the service) in milliseconds."""

@@ -78,6 +78,7 @@ def test_train_register_promote_download_predict(service: Service) -> None:
     assert [m["version"] for m in models] == [version]
     assert models[0]["stage"] == "none"
     assert "onnx" in models[0]["artifacts"]
+    assert models[0]["promptlabel_version"] == installed
 
     no_model = service.client.post(
         service.url("/predict"),
@@ -452,6 +453,7 @@ def test_promote_takes_no_body_or_a_known_one(service: Service, students: Studen
     assert {"candidate_map50_95", "production_map50_95", "tolerance"} <= decisions[-1].keys()
     assert decisions[-1]["tolerance"] == service.settings.promote_tolerance
     assert decisions[-1]["production_before"] == version  # it was production already
+    assert decisions[-1]["promptlabel_version"] == importlib.metadata.version("promptlabel")
     only_this = service.client.get(
         service.url("/promotions"), headers=service.headers, params={"version": version}
     ).json()
