@@ -40,6 +40,7 @@ from labeler.export.dataset import (
 from labeler.ontology import Ontology
 from labeler.propose.options import DetectorOptions
 from labeler.route import RouteThresholds, Status, route
+from labeler.store.decisions import HUMAN_KEY, HumanState
 from labeler.store.workspace import LabelRow, StoredVerdict, Workspace
 from labeler.verify import (
     check_verifier_spec,
@@ -539,32 +540,61 @@ class _Routed:
     review: list[dict[str, Any]]
     images: list[dict[str, Any]]  # one record per image: every proposal with status and evidence
 
-    def per_class(self, names: Sequence[str], exported: set[str]) -> dict[str, Counter[str]]:
-        """Statuses per class over the images in ``exported`` (sha256s), so that the report counts
-        exactly what the dataset holds: an image the exporter had to leave out counts as failed."""
-        counts: dict[str, Counter[str]] = {name: Counter() for name in names}
+    def counts(
+        self, names: Sequence[str], exported: set[str]
+    ) -> tuple[dict[str, Counter[str]], dict[str, Counter[str]]]:
+        """Effective statuses per class, and per decider ("auto", "human"), over the images in
+        ``exported`` (sha256s), so that the report counts exactly what the dataset holds: an image
+        the exporter had to leave out counts as failed."""
+        per_class: dict[str, Counter[str]] = {name: Counter() for name in names}
+        by_decider: dict[str, Counter[str]] = {"auto": Counter(), "human": Counter()}
         for image in self.images:
             if image["image_sha256"] in exported:
                 for label in image["labels"]:
-                    counts[label["class"]][label["status"]] += 1
-        return counts
+                    per_class[label["class"]][label["status"]] += 1
+                    by_decider[label["decided_by"]][label["status"]] += 1
+        return per_class, by_decider
+
+
+def _with_human_changes(proposals: Detections, states: Sequence[HumanState | None]) -> Detections:
+    """The proposals with each reviewer's class and box in place of the detector's."""
+    xyxy = proposals.xyxy.copy()
+    class_id = proposals.class_id.copy()
+    for i, state in enumerate(states):
+        if state is not None and state.status is not None:
+            if state.class_id is not None:
+                class_id[i] = state.class_id
+            if state.xyxy is not None:
+                xyxy[i] = state.xyxy
+    return Detections(xyxy, class_id, proposals.confidence, dict(proposals.data))
+
+
+def _human_reason(state: HumanState) -> str:
+    return f"reviewer {state.reviewer}: {state.action}"
 
 
 def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> _Routed:
+    """Every proposal's effective status: a reviewer's decision where there is one (re-routing
+    never overrides it), else the automatic route from stored scores; boxes reviewers added
+    join their image's."""
     questions = _questions(config)
     identity = None if all(q is None for q in questions) else config.verifier_identity()
     names = config.ontology.names
     routed = _Routed(rows=[], items=[], review=[], images=[])
     sizes = workspace.image_sizes(scan.first_path)
+    human = workspace.human_states()
     for sha in sorted(scan.first_path):
         proposals = workspace.load_proposals(sha, key)
+        states = [human.get(int(pid)) for pid in proposals.data["proposal_id"]]
+        effective = _with_human_changes(proposals, states)
         # Re-checked on every routing, from the stored boxes: no threshold ever accepts them.
         unwritable = _unwritable(proposals, sizes.get(sha))
+        effective_unwritable = _unwritable(effective, sizes.get(sha))
         keys = _box_keys(sha, proposals, questions, identity, config.verify_mode, unwritable)
         stored = workspace.get_verdicts(k for k in keys if k is not None)
         accepted: list[int] = []
         labels: list[dict[str, Any]] = []
-        records = as_records(proposals, names)
+        records = as_records(effective, names)
         for i, cache_key in enumerate(keys):
             verdict: StoredVerdict | None = stored.get(cache_key) if cache_key else None
             decision = route(
@@ -583,27 +613,40 @@ def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> 
                     verdict_key=cache_key,
                 )
             )
+            state = states[i]
+            status, reason, decided_by = decision.status, decision.reason, "auto"
+            if state is not None and state.status is not None:
+                status, reason, decided_by = Status(state.status), _human_reason(state), "human"
+                if status is Status.ACCEPTED and effective_unwritable[i] is not None:
+                    status, reason = Status.REJECTED, effective_unwritable[i] or ""
             labels.append(
                 {
                     **records[i],
-                    "status": decision.status.value,
-                    "reason": decision.reason,
+                    "proposal_id": int(proposals.data["proposal_id"][i]),
+                    "status": status.value,
+                    "reason": reason,
+                    "decided_by": decided_by,
+                    "auto_status": decision.status.value,
+                    "version": state.version if state else 0,
                     "yes_prob": verdict.yes_prob if verdict else None,
                     "answer": verdict.raw if verdict else None,
                 }
             )
-            if decision.status is Status.ACCEPTED:
+            if status is Status.ACCEPTED:
                 accepted.append(i)
-            elif decision.status is Status.NEEDS_REVIEW:
+            elif status is Status.NEEDS_REVIEW:
                 routed.review.append(
                     {
                         "path": str(scan.first_path[sha]),
                         "image_sha256": sha,
                         **records[i],
-                        "reason": decision.reason,
+                        "proposal_id": int(proposals.data["proposal_id"][i]),
+                        "reason": reason,
                         "answer": verdict.raw if verdict else None,
                     }
                 )
+        export = effective[np.asarray(accepted, dtype=np.int64)]
+        added = _added_boxes(workspace, sha, human, sizes.get(sha), names, labels)
         routed.images.append(
             {
                 "path": str(scan.first_path[sha]),
@@ -618,10 +661,51 @@ def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> 
                     source_path=scan.first_path[sha],
                     sha256=sha,
                     image_wh=sizes[sha],
-                    detections=proposals[np.asarray(accepted, dtype=np.int64)],
+                    detections=Detections.merge([export, added]) if len(added) else export,
                 )
             )
     return routed
+
+
+def _added_boxes(
+    workspace: Workspace,
+    sha: str,
+    human: dict[int, HumanState],
+    image_wh: tuple[int, int] | None,
+    names: Sequence[str],
+    labels: list[dict[str, Any]],
+) -> Detections:
+    """The boxes reviewers added to one image: their labels join ``labels``, and the accepted
+    ones are returned for the export."""
+    added = workspace.load_proposals(sha, HUMAN_KEY)
+    states = [human.get(int(pid)) for pid in added.data["proposal_id"]]
+    # An add that was undone leaves no box behind.
+    present = np.asarray([s is not None and s.status is not None for s in states], dtype=bool)
+    added, states = added[present], [s for s in states if s is not None and s.status is not None]
+    effective = _with_human_changes(added, states)
+    unwritable = _unwritable(effective, image_wh)
+    accepted: list[int] = []
+    for i, (record, state) in enumerate(zip(as_records(effective, names), states, strict=True)):
+        assert state is not None and state.status is not None
+        status, reason = Status(state.status), _human_reason(state)
+        if status is Status.ACCEPTED and unwritable[i] is not None:
+            status, reason = Status.REJECTED, unwritable[i] or ""
+        labels.append(
+            {
+                **record,
+                "proposal_id": int(added.data["proposal_id"][i]),
+                "status": status.value,
+                "reason": reason,
+                "decided_by": "human",
+                "auto_status": None,
+                "version": state.version,
+                "yes_prob": None,
+                "answer": None,
+            }
+        )
+        if status is Status.ACCEPTED:
+            accepted.append(i)
+    return effective[np.asarray(accepted, dtype=np.int64)]
 
 
 def run_label(
@@ -689,7 +773,7 @@ def run_label(
         exported = {
             item.sha256 for item in routed.items if str(item.source_path) not in summary.skipped
         }
-        per_class = routed.per_class(config.ontology.names, exported)
+        per_class, by_decider = routed.counts(config.ontology.names, exported)
         statuses: Counter[str] = Counter()
         for counts in per_class.values():
             statuses.update(counts)
@@ -708,6 +792,12 @@ def run_label(
                 ],
             },
             "labels": {status.value: statuses[status.value] for status in Status},
+            # Who decided each: the automatic route, or a reviewer (whose decision re-routing
+            # keeps); the two add up to "labels".
+            "labels_by_decider": {
+                decider: {status.value: counts[status.value] for status in Status}
+                for decider, counts in by_decider.items()
+            },
             "per_class": {
                 name: {status.value: counts[status.value] for status in Status}
                 for name, counts in per_class.items()

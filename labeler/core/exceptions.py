@@ -8,7 +8,9 @@
     ├── DetectorError              the detector failed on every image, or on 8 in a row
     ├── VerifierError              the verifier backend failed after its retries
     │   └── VerifierRateLimited    the backend kept answering 429
-    └── StoreError                 the workspace database cannot be used
+    ├── StoreError                 the workspace database cannot be used
+    └── StaleDecision              a reviewer decided on a box version another decision replaced
+                                   (``current`` holds the box's state now; the service's 409)
 
 The CLI turns a PromptlabelError that is not an ImageError into one line and exit code 2; an
 ImageError is recorded against its image and the run goes on. The HTTP service adds its own two
@@ -24,6 +26,7 @@ __all__ = [
     "ModelLoadError",
     "OntologyError",
     "PromptlabelError",
+    "StaleDecision",
     "StoreError",
     "VerifierError",
     "VerifierRateLimited",
@@ -76,3 +79,13 @@ class VerifierRateLimited(VerifierError):
 
 class StoreError(PromptlabelError):
     """The workspace database cannot be used."""
+
+
+class StaleDecision(PromptlabelError):
+    """A decision was made on a version of a box that another decision has replaced; nothing was
+    changed. ``current`` is the box's state now (a ``labeler.store.decisions.HumanState``, or
+    None when every decision on it was undone before)."""
+
+    def __init__(self, message: str, *, current: object) -> None:
+        super().__init__(message)
+        self.current = current

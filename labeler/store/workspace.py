@@ -17,11 +17,14 @@ from typing import Any
 import numpy as np
 
 from labeler.core.detections import Detections
+from labeler.store.decisions import DECISION_SCHEMA, HumanDecisions
 from labeler.store.sqlite import SqliteFile
 
 __all__ = ["FileRecord", "LabelRow", "StoredVerdict", "Workspace"]
 
-SCHEMA_VERSION = 1
+# v2: reviewers' decisions and claims (labeler.store.decisions); v1 files gain the tables.
+SCHEMA_VERSION = 2
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: ()}
 DB_NAME = "workspace.db"
 
 _SCHEMA = (
@@ -85,6 +88,7 @@ _SCHEMA = (
     verdict_key TEXT,
     PRIMARY KEY (run_id, proposal_id)
 )""",
+    *DECISION_SCHEMA,
 )
 
 
@@ -117,7 +121,7 @@ class LabelRow:
     verdict_key: str | None
 
 
-class Workspace(SqliteFile):
+class Workspace(HumanDecisions, SqliteFile):
     """A workspace folder holding ``workspace.db``; use as a context manager."""
 
     def __init__(self, directory: str | Path) -> None:
@@ -128,6 +132,7 @@ class Workspace(SqliteFile):
             schema_version=SCHEMA_VERSION,
             what="workspace database",
             advice="use a new --workspace",
+            migrations=_MIGRATIONS,
         )
 
     # -- files and images -------------------------------------------------------------------------
@@ -312,6 +317,8 @@ class Workspace(SqliteFile):
             "verdicts",
             "runs",
             "labels",
+            "decisions",
+            "claims",
         }:
             raise ValueError(f"unknown table {table!r}")
         row = self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()

@@ -36,6 +36,7 @@ EXTRA_BY_MODULE: dict[str, str] = {
             "openai",
             "httpx",
             "pycocotools",
+            "scipy",
         ),
         "label",
     ),

@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from labeler.pipeline import LabelConfig, run_label
 from labeler.propose.detector import DetectorOptions
 from labeler.route import RouteThresholds
 from tests.fakes.vlm_server import FakeVLMServer, Fault, RecordedRequest
+from tests.labeler.conftest import answer_by_question
 
 ONTOLOGY = parse_ontology(
     """
@@ -81,27 +82,6 @@ class Exploding:
 
     def __getattr__(self, name: str) -> Any:
         raise AssertionError(f"model used: {name}")
-
-
-def answer_by_question(request: RecordedRequest) -> str:
-    return "Yes" if "circle" in request.prompt_text else "No"
-
-
-@pytest.fixture
-def images_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "images"
-    write_sample_images(folder, n=6, seed=1)
-    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this jpeg stops here")
-    (folder / "notes.png").write_text("not an image at all")
-    (folder / "empty.webp").write_bytes(b"")
-    return folder
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeVLMServer]:
-    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
-    with FakeVLMServer(script=answer_by_question) as running:
-        yield running
 
 
 def make_config(
