@@ -357,6 +357,14 @@ def _propose_batch(
     return [(sha, detections) for (sha, _), detections in zip(loaded, results, strict=True)]
 
 
+def _fail_unproposed(scan: _Scan, workspace: Workspace, key: str) -> None:
+    """Route-only runs: the images without stored proposals fail, as no detector may run."""
+    done = workspace.proposed_images(key)
+    for sha in [sha for sha in scan.first_path if sha not in done]:
+        path = str(scan.first_path[sha])
+        scan.fail(sha, ImageError(path, "not_proposed", "no stored proposals; not run again"))
+
+
 @dataclass
 class _BoxWork:
     """Boxes of one image that still need a verdict."""
@@ -715,11 +723,17 @@ def run_label(
     detector: Detector | None = None,
     verifier: Verifier | None = None,
     http_client: httpx.AsyncClient | None = None,
+    route_only: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) a label job and return its report, also written to ``out_dir/report.json``.
 
     A pre-loaded ``detector`` or ``verifier`` is used instead of loading one (a service worker keeps
     its models between jobs); otherwise models load only when there is work for them.
+
+    ``route_only``: route and export from what the workspace holds, with no model at all (the
+    service re-exports reviewed labels this way, in its API process): an image without stored
+    proposals is reported failed (``not_proposed``), and verdicts that ended in an error stay
+    errors (their boxes stay in review) instead of being asked again.
     """
     config.validate()
     progress = progress or _NoProgress()
@@ -745,11 +759,19 @@ def run_label(
         timings["scan"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        detector_fingerprint = _propose(config, scan, workspace, key, progress, detector)
+        detector_fingerprint = None
+        if route_only:
+            _fail_unproposed(scan, workspace, key)
+        else:
+            detector_fingerprint = _propose(config, scan, workspace, key, progress, detector)
         timings["propose"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        verify_stats = _verify(config, scan, workspace, key, progress, verifier, http_client)
+        verify_stats = (
+            _VerifyStats()
+            if route_only
+            else _verify(config, scan, workspace, key, progress, verifier, http_client)
+        )
         timings["verify"] = time.perf_counter() - started
 
         started = time.perf_counter()

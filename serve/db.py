@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from labeler.core.exceptions import InputError, StoreError
 
 __all__ = [
     "LOOKUP_CONNECTIONS",
+    "MIGRATIONS",
     "SCHEMA_VERSION",
     "Database",
     "api_keys",
@@ -39,7 +40,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 2: api_keys.role (keys made before are "labeler" keys: what every key could do then).
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -69,6 +71,9 @@ api_keys = sa.Table(
     sa.Column("secret_sha256", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("revoked_at", sa.Float),
+    # admin, labeler or reviewer (serve.api.auth.Role); a database default, so that the column
+    # added to an older database fills its rows too.
+    sa.Column("role", sa.String(16), nullable=False, server_default="labeler"),
 )
 
 images = sa.Table(
@@ -129,6 +134,23 @@ job_images = sa.Table(
     sa.Column("labels", sa.JSON),
     sa.Column("counts", sa.JSON),  # {"accepted": n, "rejected": n, "needs_review": n}
 )
+
+
+def _add_column(table: sa.Table, name: str) -> Callable[[Connection], None]:
+    """A migration step adding ``table.c[name]`` as this module declares it (type, default,
+    NOT NULL), on either database."""
+
+    def step(connection: Connection) -> None:
+        column = sa.schema.CreateColumn(table.c[name]).compile(dialect=connection.dialect)
+        connection.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column}"))
+
+    return step
+
+
+# MIGRATIONS[n] brings a database of schema n to n + 1; create_schema applies them in order.
+MIGRATIONS: dict[int, tuple[Callable[[Connection], None], ...]] = {
+    1: (_add_column(api_keys, "role"),),
+}
 
 
 def normalize_database_url(url: str) -> str:
@@ -297,7 +319,8 @@ class Database:
             yield connection
 
     def create_schema(self) -> None:
-        """Create missing tables; refuse a database written by a newer promptlabel."""
+        """Create missing tables, bring an older database to this schema (``MIGRATIONS``, in
+        the same transaction); refuse a database written by a newer promptlabel."""
         try:
             with self.write() as connection:
                 if self.is_postgres:
@@ -316,6 +339,16 @@ class Database:
                     raise StoreError(
                         f"{self!r} was written by a newer promptlabel (schema {found}, this one "
                         f"knows {SCHEMA_VERSION}); upgrade promptlabel"
+                    )
+                elif found < SCHEMA_VERSION:
+                    for version in range(found, SCHEMA_VERSION):
+                        for step in MIGRATIONS[version]:
+                            step(connection)
+                        connection.execute(
+                            schema_info.insert().values(version=version + 1, created_at=time.time())
+                        )
+                    log.info(
+                        "service database migrated from schema %d to %d", found, SCHEMA_VERSION
                     )
         except sa.exc.OperationalError as exc:
             raise StoreError(f"cannot open the service database {self!r}: {exc.orig}") from None

@@ -131,6 +131,10 @@ class ServiceSettings(TrainSettings, LabelSettings):
     # For all the URLs of one /images/fetch request: those not fetched by then are rejected.
     fetch_request_timeout_s: float = 120.0
     max_redirects: int = DEFAULT_MAX_REDIRECTS
+    # How long a review queue item stays claimed for the reviewer it was handed to: meanwhile
+    # colleagues' queues skip it. Long enough to decide one box, short enough that a reviewer
+    # who walks away holds nothing for long.
+    review_claim_s: float = Field(default=120.0, gt=0, le=3600)
 
     @field_validator("service_verifiers", mode="before")
     @classmethod

@@ -29,7 +29,10 @@ __all__ = [
     "Action",
     "HumanDecisions",
     "HumanState",
+    "ReviewBox",
     "ReviewCandidate",
+    "latest_decision",
+    "record_decision",
 ]
 
 # The propose_key of boxes reviewers add: they sit beside the detector's proposals.
@@ -54,6 +57,22 @@ DECISION_SCHEMA = (
     expires_at REAL NOT NULL
 )""",
     "CREATE INDEX IF NOT EXISTS labels_by_status ON labels (run_id, status)",
+    # Blind spot checks of automatic labels (labeler.store.spot_checks): one per box at most.
+    # ``version`` counts answers (0: not answered yet); ``decision_version`` is the box's decision
+    # version as this check last left it (0 when drawn: only undecided boxes are drawn).
+    """CREATE TABLE IF NOT EXISTS spot_checks (
+    proposal_id INTEGER PRIMARY KEY REFERENCES proposals(id),
+    stratum TEXT NOT NULL CHECK (stratum IN ('accepted', 'rejected')),
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    yes_prob REAL,
+    seed INTEGER NOT NULL,
+    sampled_at TEXT NOT NULL,
+    answer TEXT CHECK (answer IN ('correct', 'incorrect')),
+    reviewer TEXT,
+    answered_at TEXT,
+    version INTEGER NOT NULL DEFAULT 0,
+    decision_version INTEGER NOT NULL DEFAULT 0
+)""",
 )
 
 
@@ -96,6 +115,30 @@ class ReviewCandidate:
     yes_prob: float | None
     reason: str
     version: int
+
+
+@dataclass(frozen=True)
+class ReviewBox:
+    """A box of a run as the detector (or the reviewer who added it) made it, with the route's
+    evidence; reviewers' decisions are not applied (see ``human_states``).
+
+    ``added``: a reviewer added it (no route, no verdict). ``auto_status``/``reason``: the run's
+    automatic route (None for added boxes). ``answer``: the verifier's raw answer text and
+    ``question`` the question it was asked (None when the box was not verified).
+    """
+
+    proposal_id: int
+    image_sha256: str
+    added: bool
+    class_id: int
+    class_name: str
+    xyxy: tuple[float, float, float, float]
+    score: float
+    auto_status: str | None
+    reason: str | None
+    yes_prob: float | None
+    answer: str | None
+    question: str | None
 
 
 class _Store(Protocol):
@@ -182,60 +225,15 @@ class HumanDecisions:
         yet); returns the new state. Raises StaleDecision (with the current state) when the box
         is at another version, InputError for an unknown box or a decision missing its class or
         box. ``ADD`` is ``add_box``'s."""
-        action = Action(action)
-        if action is Action.ADD:
-            raise InputError("add a box with add_box, not decide")
-        if not reviewer:
-            raise InputError("reviewer must be named")
-        box = _check_box(xyxy) if xyxy is not None else None
-        if action is Action.RELABEL and class_id is None:
-            raise InputError("a relabel decision needs class_id")
-        if action is Action.EDIT and box is None:
-            raise InputError("an edit decision needs xyxy")
         with self._transaction() as db:
-            if db.execute("SELECT 1 FROM proposals WHERE id=?", (proposal_id,)).fetchone() is None:
-                raise InputError(f"no proposal {proposal_id} in this workspace")
-            history = [
-                _state(row)
-                for row in db.execute(
-                    f"SELECT {_STATE_COLUMNS} FROM decisions WHERE proposal_id=? ORDER BY version",
-                    (proposal_id,),
-                )
-            ]
-            current = history[-1] if history else None
-            version = current.version if current else 0
-            if version != base_version:
-                raise StaleDecision(
-                    f"proposal {proposal_id} is at version {version}, not {base_version}: "
-                    f"{current.reviewer if current else 'nobody'} decided it meanwhile",
-                    current=current,
-                )
-            status, kept_class, kept_box = (
-                (current.status, current.class_id, current.xyxy) if current else (None, None, None)
-            )
-            if action is Action.UNDO:
-                # Replayed as a stack, so that undoing twice goes back two decisions.
-                done: list[HumanState] = []
-                for past in history:
-                    if past.action == Action.UNDO.value:
-                        done.pop()
-                    else:
-                        done.append(past)
-                if not done:
-                    raise InputError(f"proposal {proposal_id} has no decision to undo")
-                done.pop()
-                before = done[-1] if done else None
-                status, kept_class, kept_box = (
-                    (before.status, before.class_id, before.xyxy) if before else (None, None, None)
-                )
-            elif action in (Action.REJECT, Action.DELETE):
-                status = "rejected"
-            else:  # accept, relabel, edit
-                status = "accepted"
-                kept_class = class_id if class_id is not None else kept_class
-                kept_box = box if box is not None else kept_box
-            return _insert_decision(
-                db, proposal_id, version + 1, action, status, kept_class, kept_box, reviewer
+            return record_decision(
+                db,
+                proposal_id,
+                action=action,
+                base_version=base_version,
+                reviewer=reviewer,
+                class_id=class_id,
+                xyxy=xyxy,
             )
 
     def add_box(
@@ -291,11 +289,12 @@ class HumanDecisions:
         limit: int = 50,
         now: float | None = None,
     ) -> list[ReviewCandidate]:
-        """Undecided ``needs_review`` proposals of ``run_id``, most uncertain first: no P(yes)
+        """Undecided ``needs_review`` proposals of ``run_id`` (never decided, or every decision
+        undone: ``version`` says which), most uncertain first: no P(yes)
         (a verifier error or an unclear answer), then P(yes) nearest ``middle`` (the routing
         band's), then the lowest detector score. Filters by class names and reason prefixes;
         boxes claimed by another reviewer than ``exclude_claimed_for`` are left out."""
-        where = ["l.run_id = ?", "l.status = 'needs_review'", "d.proposal_id IS NULL"]
+        where = ["l.run_id = ?", "l.status = 'needs_review'", "d.status IS NULL"]
         params: list[object] = [run_id]
         if class_names:
             where.append(f"p.class_name IN ({','.join('?' * len(class_names))})")
@@ -311,10 +310,12 @@ class HumanDecisions:
             params.extend([exclude_claimed_for, time.time() if now is None else now])
         rows = self._db.execute(
             "SELECT p.id, p.image_sha256, p.class_id, p.class_name, p.x1, p.y1, p.x2, p.y2, "
-            "p.score, v.yes_prob, l.reason FROM labels l "
+            "p.score, v.yes_prob, l.reason, COALESCE(dv.version, 0) FROM labels l "
             "JOIN proposals p ON p.id = l.proposal_id "
             "LEFT JOIN verdicts v ON v.cache_key = l.verdict_key "
-            "LEFT JOIN (SELECT DISTINCT proposal_id FROM decisions) d ON d.proposal_id = p.id "
+            "LEFT JOIN (SELECT proposal_id, MAX(version) AS version FROM decisions "
+            "GROUP BY proposal_id) dv ON dv.proposal_id = p.id "
+            "LEFT JOIN decisions d ON d.proposal_id = p.id AND d.version = dv.version "
             f"WHERE {' AND '.join(where)} "
             "ORDER BY v.yes_prob IS NOT NULL, ABS(v.yes_prob - ?), p.score, p.id LIMIT ?",
             [*params, middle, limit],
@@ -329,10 +330,12 @@ class HumanDecisions:
                 score=float(score),
                 yes_prob=None if yes_prob is None else float(yes_prob),
                 reason=reason,
-                version=0,
+                version=int(version),
             )
-            for pid, sha, class_id, class_name, x1, y1, x2, y2, score, yes_prob, reason in rows
-        ]
+            for (
+                pid, sha, class_id, class_name, x1, y1, x2, y2, score, yes_prob, reason, version,
+            ) in rows
+        ]  # fmt: skip
 
     def claim(self: _Store, proposal_id: int, *, reviewer: str, ttl_s: float) -> bool:
         """Claim a box for ``reviewer`` for ``ttl_s`` seconds; False when another reviewer holds
@@ -354,6 +357,137 @@ class HumanDecisions:
         """Give back every box ``reviewer`` holds (a reviewer who leaves the page)."""
         with self._transaction() as db:
             db.execute("DELETE FROM claims WHERE reviewer=?", (reviewer,))
+
+    def review_boxes(
+        self: _Store,
+        run_id: int,
+        *,
+        image_sha256s: Sequence[str] | None = None,
+        proposal_ids: Sequence[int] | None = None,
+    ) -> list[ReviewBox]:
+        """The boxes of ``run_id`` (the proposals it routed, and every box reviewers added) on
+        the images ``image_sha256s``, or those of ``proposal_ids``; by image, the detector's in
+        its order, then the added ones. An id that is neither is left out."""
+        if (image_sha256s is None) == (proposal_ids is None):
+            raise ValueError("review_boxes: pass image_sha256s or proposal_ids")
+        column, values = (
+            ("p.image_sha256", list[object](dict.fromkeys(image_sha256s)))
+            if image_sha256s is not None
+            else ("p.id", list[object](dict.fromkeys(int(i) for i in proposal_ids or ())))
+        )
+        found: list[ReviewBox] = []
+        for start in range(0, len(values), 500):  # as _chunks: SQLite's limit on parameters
+            chunk = values[start : start + 500]
+            rows = self._db.execute(
+                "SELECT p.id, p.image_sha256, p.propose_key, p.class_id, p.class_name, "
+                "p.x1, p.y1, p.x2, p.y2, p.score, l.status, l.reason, v.yes_prob, v.raw, "
+                "v.question FROM proposals p "
+                "LEFT JOIN labels l ON l.run_id = ? AND l.proposal_id = p.id "
+                "LEFT JOIN verdicts v ON v.cache_key = l.verdict_key "
+                f"WHERE {column} IN ({','.join('?' * len(chunk))}) "
+                "AND (l.proposal_id IS NOT NULL OR p.propose_key = ?)",
+                [run_id, *chunk, HUMAN_KEY],
+            ).fetchall()
+            found.extend(
+                ReviewBox(
+                    proposal_id=int(pid),
+                    image_sha256=str(sha),
+                    added=key == HUMAN_KEY,
+                    class_id=int(class_id),
+                    class_name=str(class_name),
+                    xyxy=(float(x1), float(y1), float(x2), float(y2)),
+                    score=float(score),
+                    auto_status=status,
+                    reason=reason,
+                    yes_prob=None if yes_prob is None else float(yes_prob),
+                    answer=raw,
+                    question=question,
+                )
+                for (
+                    pid, sha, key, class_id, class_name, x1, y1, x2, y2, score,
+                    status, reason, yes_prob, raw, question,
+                ) in rows
+            )  # fmt: skip
+        return sorted(found, key=lambda box: (box.image_sha256, box.added, box.proposal_id))
+
+
+def latest_decision(db: sqlite3.Connection, proposal_id: int) -> HumanState | None:
+    """The box's state after its latest decision (None: never decided), read on ``db`` (inside
+    the caller's transaction where there is one)."""
+    row = db.execute(
+        f"SELECT {_STATE_COLUMNS} FROM decisions WHERE proposal_id=? ORDER BY version DESC LIMIT 1",
+        (proposal_id,),
+    ).fetchone()
+    return None if row is None else _state(row)
+
+
+def record_decision(
+    db: sqlite3.Connection,
+    proposal_id: int,
+    *,
+    action: Action | str,
+    base_version: int,
+    reviewer: str,
+    class_id: int | None = None,
+    xyxy: Sequence[float] | None = None,
+) -> HumanState:
+    """``HumanDecisions.decide`` inside the caller's open transaction on ``db`` (so that a
+    decision and what it belongs to, e.g. a spot-check answer, commit together or not at all);
+    same checks, same errors."""
+    action = Action(action)
+    if action is Action.ADD:
+        raise InputError("add a box with add_box, not decide")
+    if not reviewer:
+        raise InputError("reviewer must be named")
+    box = _check_box(xyxy) if xyxy is not None else None
+    if action is Action.RELABEL and class_id is None:
+        raise InputError("a relabel decision needs class_id")
+    if action is Action.EDIT and box is None:
+        raise InputError("an edit decision needs xyxy")
+    if db.execute("SELECT 1 FROM proposals WHERE id=?", (proposal_id,)).fetchone() is None:
+        raise InputError(f"no proposal {proposal_id} in this workspace")
+    history = [
+        _state(row)
+        for row in db.execute(
+            f"SELECT {_STATE_COLUMNS} FROM decisions WHERE proposal_id=? ORDER BY version",
+            (proposal_id,),
+        )
+    ]
+    current = history[-1] if history else None
+    version = current.version if current else 0
+    if version != base_version:
+        raise StaleDecision(
+            f"proposal {proposal_id} is at version {version}, not {base_version}: "
+            f"{current.reviewer if current else 'nobody'} decided it meanwhile",
+            current=current,
+        )
+    status, kept_class, kept_box = (
+        (current.status, current.class_id, current.xyxy) if current else (None, None, None)
+    )
+    if action is Action.UNDO:
+        # Replayed as a stack, so that undoing twice goes back two decisions.
+        done: list[HumanState] = []
+        for past in history:
+            if past.action == Action.UNDO.value:
+                done.pop()
+            else:
+                done.append(past)
+        if not done:
+            raise InputError(f"proposal {proposal_id} has no decision to undo")
+        done.pop()
+        before = done[-1] if done else None
+        status, kept_class, kept_box = (
+            (before.status, before.class_id, before.xyxy) if before else (None, None, None)
+        )
+    elif action in (Action.REJECT, Action.DELETE):
+        status = "rejected"
+    else:  # accept, relabel, edit
+        status = "accepted"
+        kept_class = class_id if class_id is not None else kept_class
+        kept_box = box if box is not None else kept_box
+    return _insert_decision(
+        db, proposal_id, version + 1, action, status, kept_class, kept_box, reviewer
+    )
 
 
 def _insert_decision(

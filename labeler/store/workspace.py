@@ -18,11 +18,13 @@ import numpy as np
 
 from labeler.core.detections import Detections
 from labeler.store.decisions import DECISION_SCHEMA, HumanDecisions
+from labeler.store.spot_checks import SpotChecks
 from labeler.store.sqlite import SqliteFile
 
 __all__ = ["FileRecord", "LabelRow", "StoredVerdict", "Workspace"]
 
-# v2: reviewers' decisions and claims (labeler.store.decisions); v1 files gain the tables.
+# v2: reviewers' decisions, claims and spot checks (labeler.store.decisions, .spot_checks);
+# v1 files gain the tables.
 SCHEMA_VERSION = 2
 _MIGRATIONS: dict[int, tuple[str, ...]] = {1: ()}
 DB_NAME = "workspace.db"
@@ -121,7 +123,7 @@ class LabelRow:
     verdict_key: str | None
 
 
-class Workspace(HumanDecisions, SqliteFile):
+class Workspace(HumanDecisions, SpotChecks, SqliteFile):
     """A workspace folder holding ``workspace.db``; use as a context manager."""
 
     def __init__(self, directory: str | Path) -> None:
@@ -319,6 +321,7 @@ class Workspace(HumanDecisions, SqliteFile):
             "labels",
             "decisions",
             "claims",
+            "spot_checks",
         }:
             raise ValueError(f"unknown table {table!r}")
         row = self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()

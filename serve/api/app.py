@@ -22,10 +22,10 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labeler.core.exceptions import InputError, ModelLoadError, PromptlabelError
-from serve.api.routes import health, images, jobs, models, projects
+from serve.api.routes import health, images, jobs, models, projects, review
 from serve.api.schemas import error_responses
 from serve.db import LOOKUP_CONNECTIONS, Database
-from serve.errors import ConflictError, NotFoundError
+from serve.errors import ConflictError, ForbiddenError, NotFoundError
 from serve.ingest.fetch import DNS_LOOKUPS_AT_ONCE
 from serve.ingest.uploads import DECODE_SLOT_COUNT
 from serve.jobs.worker import ModelCache, Worker
@@ -45,12 +45,14 @@ UPLOAD_PATHS = re.compile(r"/v1/projects/[^/]+/(images|predict)/?")
 # route needs. Predictions: one per CPU at a time. Uploads: they wait for a decode slot (one per
 # CPU) and on the disk, so twice that. URL fetches: they wait on other servers, as many as the
 # DNS lookups that serve.ingest.fetch runs at once. API key lookups on PostgreSQL: a round trip
-# each, as many as the lookup pool's connections (serve.db).
+# each, as many as the lookup pool's connections (serve.db). Re-exports of reviewed labels: each
+# rewrites a whole dataset (one at a time per job), two at once.
 APP_POOL_SIZES = {
     "predict": DECODE_SLOT_COUNT,
     "ingest": 2 * DECODE_SLOT_COUNT,
     "fetch": DNS_LOOKUPS_AT_ONCE,
     "lookups": LOOKUP_CONNECTIONS,
+    "review": 2,
 }
 # Request methods the metrics name; any other (clients may send anything) counts as OTHER, so
 # that made-up methods cannot grow the metrics without bound.
@@ -117,6 +119,7 @@ async def _no_receive() -> Message:
 
 _STATUS_FOR_ERROR: list[tuple[type[PromptlabelError], int]] = [
     (NotFoundError, 404),
+    (ForbiddenError, 403),
     (ConflictError, 409),
     (InputError, 422),
     (ModelLoadError, 503),
@@ -276,16 +279,19 @@ def create_app(
         summary="Class prompts in, verified labels and a fast on-device model out.",
         lifespan=lifespan,
         # The docs list the tags in this order, whatever order the routes are matched in.
-        openapi_tags=[{"name": tag} for tag in ("service", "projects", "images", "jobs", "models")],
+        openapi_tags=[
+            {"name": tag} for tag in ("service", "projects", "images", "jobs", "review", "models")
+        ],
     )
     app.state.db = database
     app.state.settings = settings
     # Requests are matched against the routes in order: /predict, the one whose overhead
     # counts, first (27 routes checked before it cost about 0.1 ms a request).
-    app.include_router(models.predict_router, responses=error_responses(401))
+    # Every route of a project may answer 403: a key's role may not allow it (serve.api.deps).
+    app.include_router(models.predict_router, responses=error_responses(401, 403))
     app.include_router(health.router)
-    for router in (projects, images, jobs, models):  # every route of these needs a key
-        app.include_router(router.router, responses=error_responses(401))
+    for router in (projects, images, jobs, review, models):  # every route of these needs a key
+        app.include_router(router.router, responses=error_responses(401, 403))
     app.add_exception_handler(PromptlabelError, _error_response)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(sa.exc.DataError, _value_refused)

@@ -3,6 +3,10 @@
 A key looks like ``pl_<key id>.<secret>``; the id finds the row, the secret's hash is compared in
 constant time. The secret is 32 random bytes, so a fast hash is enough (a slow password hash only
 helps low-entropy secrets).
+
+Each key has a role (``Role``): ``labeler`` keys do everything the API offers but administration
+(keys made before roles existed are labeler keys), ``reviewer`` keys only review (the review routes,
+their project and the server's options), ``admin`` keys do everything.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +29,7 @@ __all__ = [
     "ApiKey",
     "CreatedKey",
     "Principal",
+    "Role",
     "authenticate",
     "create_api_key",
     "create_project",
@@ -42,12 +48,22 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
 
+class Role(StrEnum):
+    """What a key may do. ``admin``: everything; ``labeler``: upload, label, review, train,
+    promote, predict; ``reviewer``: review only."""
+
+    ADMIN = "admin"
+    LABELER = "labeler"
+    REVIEWER = "reviewer"
+
+
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the key and the one project it may see."""
+    """Who is calling: the key, the one project it may see, and its role."""
 
     key_id: str
     project_id: str
+    role: Role = Role.LABELER
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,7 @@ class CreatedKey:
     key_id: str
     project_id: str
     token: str  # shown once; only its hash is stored
+    role: Role = Role.LABELER
 
 
 @dataclass(frozen=True)
@@ -65,6 +82,7 @@ class ApiKey:
     name: str
     created_at: float
     revoked_at: float | None
+    role: Role
 
 
 def _hash(secret: str) -> str:
@@ -117,8 +135,20 @@ def get_project_by_name(db: Database, name: str) -> str:
     return str(row.id)
 
 
-def create_api_key(db: Database, *, project_id: str, name: str = "") -> CreatedKey:
-    """Make a key for ``project_id``; the returned token is the only copy of the secret."""
+def _role(value: str) -> Role:
+    try:
+        return Role(value)
+    except ValueError:
+        choices = ", ".join(role.value for role in Role)
+        raise InputError(f"role must be one of {choices}, got {value!r}") from None
+
+
+def create_api_key(
+    db: Database, *, project_id: str, name: str = "", role: Role | str = Role.LABELER
+) -> CreatedKey:
+    """Make a key for ``project_id`` with ``role``; the returned token is the only copy of the
+    secret."""
+    role = _role(role)
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     with db.write() as connection:
@@ -134,9 +164,11 @@ def create_api_key(db: Database, *, project_id: str, name: str = "") -> CreatedK
                 name=name,
                 secret_sha256=_hash(secret),
                 created_at=time.time(),
+                role=role.value,
             )
         )
-    return CreatedKey(key_id=key_id, project_id=project_id, token=f"{KEY_PREFIX}{key_id}.{secret}")
+    token = f"{KEY_PREFIX}{key_id}.{secret}"
+    return CreatedKey(key_id=key_id, project_id=project_id, token=token, role=role)
 
 
 def revoke_api_key(db: Database, key_id: str) -> str:
@@ -169,6 +201,7 @@ def list_api_keys(db: Database) -> list[ApiKey]:
             name=row.name,
             created_at=row.created_at,
             revoked_at=row.revoked_at,
+            role=_role(row.role),
         )
         for row in rows
     ]
@@ -176,8 +209,9 @@ def list_api_keys(db: Database) -> list[ApiKey]:
 
 # Built once: this runs on every request, and building the statement costs as much as running it.
 _KEY_BY_ID = sa.select(
-    api_keys.c.project_id, api_keys.c.secret_sha256, api_keys.c.revoked_at
+    api_keys.c.project_id, api_keys.c.secret_sha256, api_keys.c.revoked_at, api_keys.c.role
 ).where(api_keys.c.id == sa.bindparam("key_id"))
+_ROLES = {role.value: role for role in Role}
 
 
 def authenticate(db: Database, token: str) -> Principal | None:
@@ -188,7 +222,10 @@ def authenticate(db: Database, token: str) -> Principal | None:
     row = db.fetch_one(_KEY_BY_ID, {"key_id": key_id})
     if row is None:
         return None
-    project_id, secret_sha256, revoked_at = row
+    project_id, secret_sha256, revoked_at, role = row
     if revoked_at is not None or not hmac.compare_digest(secret_sha256, _hash(secret)):
         return None
-    return Principal(key_id=key_id, project_id=project_id)
+    # A role this version does not know (written by a newer one) is refused, not guessed.
+    if role not in _ROLES:
+        return None
+    return Principal(key_id=key_id, project_id=project_id, role=_ROLES[role])

@@ -1,9 +1,16 @@
-"""FastAPI dependencies: the database, settings, the caller and the project it may see."""
+"""FastAPI dependencies: the database, settings, the caller, the project it may see, and what
+its key's role allows.
+
+Roles are checked where the project is: ``ProjectId`` admits labeler and admin keys (every route
+of a project that is not review), ``ReviewProjectId`` reviewer keys too; a route outside a
+project states its roles with ``require_role``. So a route added later is closed to reviewer
+keys unless it says otherwise.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from functools import partial
@@ -12,12 +19,24 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from serve.api.auth import Principal, authenticate
+from serve.api.auth import Principal, Role, authenticate
 from serve.db import Database
-from serve.errors import NotFoundError
+from serve.errors import ForbiddenError, NotFoundError
 from serve.settings import ServiceSettings
 
-__all__ = ["CurrentPrincipal", "CurrentSettings", "Db", "Offset", "ProjectId", "run_in_app_pool"]
+__all__ = [
+    "CurrentPrincipal",
+    "CurrentSettings",
+    "Db",
+    "LabelerPrincipal",
+    "Offset",
+    "ProjectId",
+    "ReviewProjectId",
+    "ReviewerPrincipal",
+    "check_role",
+    "require_role",
+    "run_in_app_pool",
+]
 
 T = TypeVar("T")
 
@@ -74,14 +93,60 @@ async def _principal(
 CurrentPrincipal = Annotated[Principal, Depends(_principal)]
 
 
+# Who may do what: admin keys may do everything, so they are in every set.
+LABELING_ROLES = frozenset({Role.ADMIN, Role.LABELER})
+REVIEW_ROLES = frozenset({Role.ADMIN, Role.LABELER, Role.REVIEWER})
+
+
+def check_role(principal: Principal, allowed: frozenset[Role]) -> None:
+    """ForbiddenError (403) naming the roles needed unless the caller's key has one of them."""
+    if principal.role not in allowed:
+        needed = " or ".join(sorted(role.value for role in allowed if role is not Role.ADMIN))
+        raise ForbiddenError(
+            f"this API key's role is {principal.role.value}; this route needs a key with the "
+            f"role {needed} (or admin): `promptlabel keys create --role ...`"
+        )
+
+
+def require_role(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency giving the caller's ``Principal`` when its key has one of ``roles`` (admin
+    keys always pass), else 403."""
+    allowed = frozenset({Role.ADMIN, *roles})
+
+    async def dependency(principal: CurrentPrincipal) -> Principal:
+        check_role(principal, allowed)
+        return principal
+
+    return dependency
+
+
+LabelerPrincipal = Annotated[Principal, Depends(require_role(Role.LABELER))]
+ReviewerPrincipal = Annotated[Principal, Depends(require_role(Role.LABELER, Role.REVIEWER))]
+
+
 async def _project_id(principal: CurrentPrincipal, project_id: Annotated[str, Path()]) -> str:
-    # Another project's id gets the same answer as one that does not exist.
+    # Another project's id gets the same answer as one that does not exist (before the role:
+    # a reviewer key learns nothing of other projects either).
     if project_id != principal.project_id:
         raise NotFoundError(f"no project {project_id!r}")
+    # Inline rather than a dependency of its own: /predict's overhead counts.
+    check_role(principal, LABELING_ROLES)
     return project_id
 
 
+async def _review_project_id(
+    principal: CurrentPrincipal, project_id: Annotated[str, Path()]
+) -> str:
+    if project_id != principal.project_id:
+        raise NotFoundError(f"no project {project_id!r}")
+    check_role(principal, REVIEW_ROLES)
+    return project_id
+
+
+# The caller's project, for labeler and admin keys (403 for reviewer keys).
 ProjectId = Annotated[str, Depends(_project_id)]
+# The caller's project, for review: reviewer keys too.
+ReviewProjectId = Annotated[str, Depends(_review_project_id)]
 
 
 async def run_in_app_pool(request: Request, pool: str, work: Callable[[], T]) -> T:

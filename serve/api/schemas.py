@@ -31,6 +31,19 @@ __all__ = [
     "ProjectPublic",
     "PromotionPublic",
     "RejectedUpload",
+    "ReviewBoxIn",
+    "ReviewBoxPublic",
+    "ReviewDecisionIn",
+    "ReviewDecisionResult",
+    "ReviewDecisionsConflict",
+    "ReviewDecisionsIn",
+    "ReviewDecisionsPublic",
+    "ReviewExportPublic",
+    "ReviewImageBoxes",
+    "ReviewItemPublic",
+    "ReviewQueuePublic",
+    "ReviewStatePublic",
+    "ReviewSummaryPublic",
     "ServiceOptions",
     "StageProgress",
     "TrainJobCreate",
@@ -292,3 +305,136 @@ class PredictResult(BaseModel):
     model_version: str
     image_wh: tuple[int, int] = Field(description="Width and height of the image in pixels.")
     detections: list[DetectionPublic] = Field(description="Boxes at or above `conf`.")
+
+
+# -- review (serve.api.routes.review) ---------------------------------------------------------
+
+_XYXY = "Left, top, right, bottom in pixels of the image (EXIF orientation applied)."
+
+
+class ReviewBoxPublic(BaseModel):
+    """A box of an image as it stands now: a reviewer's decision where there is one, else the
+    automatic route. Text from outside (class names, reasons) is data, never markup."""
+
+    proposal_id: int
+    version: int = Field(description="Its latest decision's version; 0: never decided.")
+    class_id: int
+    class_name: str = Field(alias="class")
+    xyxy: tuple[float, float, float, float] = Field(description=_XYXY)
+    status: str = Field(description="accepted, rejected or needs_review.")
+    reason: str | None
+    decided_by: Literal["auto", "human"]
+    reviewer: str | None = Field(description="The API key id of who decided it; null for auto.")
+    auto_status: str | None = Field(description="The automatic route's; null for added boxes.")
+    added: bool = Field(description="A reviewer added it (the detector did not propose it).")
+    score: float | None = Field(description="The detector's score; null for added boxes.")
+    yes_prob: float | None = Field(description="The verifier's P(yes); null when none.")
+
+
+class ReviewItemPublic(BaseModel):
+    """A box the route sent to review, with the evidence to decide it."""
+
+    proposal_id: int
+    version: int = Field(description="Send it back as the decision's base_version.")
+    image_sha256: str
+    image_url: str = Field(description="The image's bytes (GET, same key).")
+    image_wh: tuple[int, int] | None = Field(description="Width and height in pixels.")
+    class_id: int
+    class_name: str = Field(alias="class")
+    xyxy: tuple[float, float, float, float] = Field(description=_XYXY)
+    score: float = Field(description="The detector's score.")
+    yes_prob: float | None = Field(description="The verifier's P(yes); null: no usable answer.")
+    question: str | None = Field(description="The question the verifier was asked.")
+    answer: str | None = Field(description="The verifier's raw answer text.")
+    reason: str | None = Field(description="Why the route sent it to review.")
+    boxes: list[ReviewBoxPublic] = Field(description="Every other box of the image, as it stands.")
+
+
+class ReviewQueuePublic(BaseModel):
+    items: list[ReviewItemPublic] = Field(description="Most uncertain first; empty: none left.")
+    claim_s: float = Field(description="How long the items stay claimed for this key.")
+
+
+class ReviewDecisionIn(_In):
+    proposal_id: int = Field(ge=0, le=2**63 - 1)
+    action: Literal["accept", "reject", "relabel", "edit", "delete", "undo"]
+    base_version: int = Field(
+        ge=0, le=2**63 - 1, description="The box's version the decision was made on."
+    )
+    class_id: int | None = Field(default=None, ge=0, le=2**31 - 1, description="relabel: to.")
+    xyxy: tuple[float, float, float, float] | None = Field(default=None, description="edit: to.")
+
+
+class ReviewDecisionsIn(_In):
+    decisions: list[ReviewDecisionIn] = Field(min_length=1, max_length=500)
+
+
+class ReviewStatePublic(BaseModel):
+    """A box's state after its latest decision."""
+
+    proposal_id: int
+    version: int
+    action: str
+    status: str | None = Field(description="null: every decision undone; the route decides.")
+    class_id: int | None = Field(description="null: the proposal's own.")
+    class_name: str | None = Field(alias="class")
+    xyxy: tuple[float, float, float, float] | None = Field(description="null: the proposal's own.")
+    reviewer: str = Field(description="The API key id that decided.")
+    made_at: str
+
+
+class ReviewDecisionResult(BaseModel):
+    proposal_id: int
+    state: ReviewStatePublic | None = Field(default=None, description="Applied: the new state.")
+    stale: bool | None = Field(
+        default=None,
+        description="Refused: true when another decision came first, false when the box's "
+        "state does not allow it (an undo with nothing left to undo; see error).",
+    )
+    error: str | None = Field(default=None, description="Why it was refused, when not stale.")
+    current: ReviewStatePublic | None = Field(
+        default=None, description="Refused: the box's state now (null: never decided)."
+    )
+
+
+class ReviewDecisionsPublic(BaseModel):
+    results: list[ReviewDecisionResult] = Field(description="One per decision, in order.")
+
+
+class ReviewDecisionsConflict(ReviewDecisionsPublic):
+    detail: str
+
+
+class ReviewBoxIn(_In):
+    image_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    class_id: int = Field(ge=0, le=2**31 - 1)
+    xyxy: tuple[float, float, float, float] = Field(description=_XYXY)
+
+
+class ReviewImageBoxes(BaseModel):
+    image_sha256: str
+    image_wh: tuple[int, int] | None = Field(description="null: the image was never decoded.")
+    boxes: list[ReviewBoxPublic]
+
+
+class ReviewSummaryPublic(BaseModel):
+    job_id: str
+    run_id: int | None = Field(description="The workspace run whose routing is shown.")
+    classes: list[str] = Field(description="Class names by class_id.")
+    thresholds: dict[str, float] = Field(description="accept, reject, review_below_score.")
+    needs_review_left: int = Field(description="Sent to review, not decided yet.")
+    needs_review_decided: int = Field(description="Sent to review and decided by reviewers.")
+    decided: int = Field(description="Boxes reviewers decided, whatever the route said.")
+    added: int = Field(description="Boxes reviewers added.")
+    labels: dict[str, int] = Field(description="Boxes by status as they stand now.")
+    per_class: dict[str, dict[str, int]]
+
+
+class ReviewExportPublic(BaseModel):
+    """The re-exported dataset's report: what the job's dataset download now holds."""
+
+    labels: dict[str, int]
+    labels_by_decider: dict[str, dict[str, int]] = Field(description="auto and human.")
+    per_class: dict[str, dict[str, int]]
+    images: dict[str, int]
+    dataset: dict[str, Any]

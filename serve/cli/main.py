@@ -13,6 +13,7 @@ import typer
 
 from serve.cli import distill as cli_distill
 from serve.cli import label as cli_label
+from serve.cli import label_studio as cli_label_studio
 from serve.cli import predict as cli_predict
 from serve.cli import service as cli_service
 from serve.cli.common import console, fail, results
@@ -65,6 +66,7 @@ app.command("serve")(cli_service.serve_command)
 app.command("worker")(cli_service.worker_command)
 app.add_typer(cli_service.projects_app, name="projects")
 app.add_typer(cli_service.keys_app, name="keys")
+app.add_typer(cli_label_studio.label_studio_app, name="label-studio")
 
 
 def main() -> None:

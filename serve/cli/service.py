@@ -28,6 +28,13 @@ class LogFormat(StrEnum):
     text = "text"
 
 
+class KeyRole(StrEnum):
+    # serve.api.auth.Role's values, here so that --help lists them without importing the service.
+    admin = "admin"
+    labeler = "labeler"
+    reviewer = "reviewer"
+
+
 LogFormatOption = Annotated[LogFormat, typer.Option(help="One JSON object per line, or text.")]
 
 JsonOption = Annotated[
@@ -249,6 +256,13 @@ def projects_list(data_dir: DataDirOption = None, as_json: JsonOption = False) -
 def keys_create(
     project: Annotated[str, typer.Option(help="The project name the key may use.")],
     name: Annotated[str, typer.Option(help="What the key is for (shown in `keys list`).")] = "",
+    role: Annotated[
+        KeyRole,
+        typer.Option(
+            help="labeler: upload, label, review, train, promote, predict; reviewer: review "
+            "only; admin: everything."
+        ),
+    ] = KeyRole.labeler,
     data_dir: DataDirOption = None,
 ) -> None:
     """Create an API key for PROJECT and print it once (only its hash is stored)."""
@@ -256,12 +270,14 @@ def keys_create(
 
     try:
         db = _database(_settings(data_dir), existing=True)
-        created = create_api_key(db, project_id=get_project_by_name(db, project), name=name)
+        created = create_api_key(
+            db, project_id=get_project_by_name(db, project), name=name, role=role.value
+        )
     except PromptlabelError as error:
         raise fail(str(error)) from None
     console.print(
-        f"key {created.key_id} for project {project} ({created.project_id}); "
-        "store it now, it is not shown again:",
+        f"{created.role.value} key {created.key_id} for project {project} "
+        f"({created.project_id}); store it now, it is not shown again:",
         highlight=False,
     )
     typer.echo(created.token)
@@ -282,6 +298,7 @@ def keys_list(data_dir: DataDirOption = None, as_json: JsonOption = False) -> No
                     "project_id": key.project_id,
                     "project": key.project_name,
                     "name": key.name,
+                    "role": key.role.value,
                     "created_at": _iso(key.created_at),
                     "revoked_at": _iso(key.revoked_at),
                 }
@@ -289,10 +306,15 @@ def keys_list(data_dir: DataDirOption = None, as_json: JsonOption = False) -> No
             ]
         )
         return
-    table = Table("key id", "project", "name", "created", "revoked")
+    table = Table("key id", "project", "name", "role", "created", "revoked")
     for key in keys:
         table.add_row(
-            key.key_id, key.project_name, key.name, _when(key.created_at), _when(key.revoked_at)
+            key.key_id,
+            key.project_name,
+            key.name,
+            key.role.value,
+            _when(key.created_at),
+            _when(key.revoked_at),
         )
     results.print(table)
 

@@ -43,10 +43,11 @@ from serve.jobs.queue import (
     save_progress,
 )
 from serve.jobs.service import dataset_dir, job_dir, public_provenance, without_data_dir
-from serve.settings import ServiceSettings
+from serve.settings import ResolvedVerifier, ServiceSettings
 from serve.telemetry import JOB_SECONDS, JOBS_FINISHED, job_log_context
 
 if TYPE_CHECKING:
+    from labeler.pipeline import LabelConfig
     from labeler.propose.detector import Detector
     from labeler.verify import Verifier
 
@@ -56,6 +57,10 @@ __all__ = [
     "ModelCache",
     "Worker",
     "WorkerStopping",
+    "job_image_rows",
+    "label_job_config",
+    "label_job_outcome",
+    "materialize_job_images",
     "registry_dir",
     "run_label_job",
     "run_train_job",
@@ -224,25 +229,9 @@ class JobProgress:
 # -- jobs ------------------------------------------------------------------------------------------
 
 
-def _job_images(ctx: JobContext) -> list[Any]:
-    with ctx.db.read() as connection:
-        return list(
-            connection.execute(
-                sa.select(
-                    job_images.c.position,
-                    job_images.c.image_id,
-                    images.c.sha256,
-                    images.c.extension,
-                )
-                .join(images, images.c.id == job_images.c.image_id)
-                .where(job_images.c.job_id == ctx.job.id)
-                .order_by(job_images.c.position)
-            ).all()
-        )
-
-
-def _materialize(rows: list[Any], data_dir: Path, images_dir: Path) -> dict[str, str]:
-    """Link each image into the job's folder; returns file stem -> image id."""
+def materialize_job_images(rows: list[Any], data_dir: Path, images_dir: Path) -> dict[str, str]:
+    """Link each image into the job's folder (those there already are kept); returns file stem
+    -> image id. ``rows`` as ``job_image_rows`` gives them."""
     images_dir.mkdir(parents=True, exist_ok=True)
     by_stem: dict[str, str] = {}
     for row in rows:
@@ -260,64 +249,86 @@ def _materialize(rows: list[Any], data_dir: Path, images_dir: Path) -> dict[str,
     return by_stem
 
 
-def run_label_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection], None]]:
-    """Label the job's images with ``labeler.run_label``; returns the summary and a writer of the
-    per-image results (run in the same transaction that marks the job succeeded)."""
+def label_job_config(
+    db: Database,
+    settings: ServiceSettings,
+    *,
+    job_id: str,
+    project_id: str,
+    params: dict[str, Any],
+    with_api_key: bool = True,
+) -> LabelConfig:
+    """The ``LabelConfig`` a labeling job runs with: its stored params, the models its names
+    stand for in ``settings``, and its folder. Without ``with_api_key`` the verifier's key is not
+    looked up (a run that asks no verifier: the service's re-export of reviewed labels)."""
     from labeler.ontology import ontology_from_data
-    from labeler.pipeline import LABELS_FILENAME, LabelConfig, run_label
+    from labeler.pipeline import LabelConfig
     from labeler.route import RouteThresholds
 
-    settings = ctx.settings
-    params = LabelJobCreate.model_validate(
-        {k: v for k, v in ctx.job.params.items() if k not in ("image_count", "ontology")}
+    request = LabelJobCreate.model_validate(
+        {k: v for k, v in params.items() if k not in ("image_count", "ontology")}
     )
-    ontology_json = ctx.job.params.get("ontology")
+    ontology_json = params.get("ontology")
     if ontology_json is None:  # queued before jobs kept the ontology they were submitted with
-        with ctx.db.read() as connection:
+        with db.read() as connection:
             ontology_json = connection.execute(
-                sa.select(projects.c.ontology).where(projects.c.id == ctx.job.project_id)
+                sa.select(projects.c.ontology).where(projects.c.id == project_id)
             ).scalar_one()
-    ontology = ontology_from_data(ontology_json, source=f"job {ctx.job.id} ontology")
-    rows = _job_images(ctx)
-    folder = job_dir(settings.data_dir, ctx.job.id)
-    by_stem = _materialize(rows, settings.data_dir, folder / "images")
+    ontology = ontology_from_data(ontology_json, source=f"job {job_id} ontology")
+    folder = job_dir(settings.data_dir, job_id)
     options = DetectorOptions(
-        box_threshold=params.box_threshold,
-        text_threshold=params.text_threshold,
-        max_det=params.max_det,
-        nms_iou=params.nms_iou,
+        box_threshold=request.box_threshold,
+        text_threshold=request.text_threshold,
+        max_det=request.max_det,
+        nms_iou=request.nms_iou,
         device=settings.service_device,
         batch_size=settings.batch_size,
     )
-    chosen = settings.resolve_verifier(params.verifier)  # its own server and key
-    config = LabelConfig(
+    if with_api_key:
+        chosen = settings.resolve_verifier(request.verifier)  # its own server and key
+    else:
+        entry = settings.service_verifiers[request.verifier]
+        chosen = ResolvedVerifier(spec=entry.spec, url=entry.url or settings.service_verifier_url)
+    return LabelConfig(
         images_dir=folder / "images",
         ontology=ontology,
-        out_dir=dataset_dir(settings.data_dir, ctx.job.id),
-        detector=settings.service_detectors[params.detector],
+        out_dir=dataset_dir(settings.data_dir, job_id),
+        detector=settings.service_detectors[request.detector],
         detector_options=options,
         verifier=chosen.spec,
         verifier_url=chosen.url,
         verifier_api_key=chosen.api_key,
-        verify_mode=params.verify_mode,
+        verify_mode=request.verify_mode,
         concurrency=settings.concurrency,
         request_timeout_s=settings.request_timeout_s,
         max_retries=settings.max_retries,
         thresholds=RouteThresholds(
-            accept=params.accept_threshold,
-            reject=params.reject_threshold,
-            review_below_score=params.review_below_score,
+            accept=request.accept_threshold,
+            reject=request.reject_threshold,
+            review_below_score=request.review_below_score,
         ),
-        val_fraction=params.val_fraction,
+        val_fraction=request.val_fraction,
         max_image_pixels=settings.max_image_pixels,
         workspace_dir=folder / "workspace",
     )
-    detector = ctx.models.detector(config.detector, options)
-    verifier = ctx.models.verifier(chosen.spec, settings=settings, mode=params.verify_mode)
-    report = run_label(config, progress=ctx.progress, detector=detector, verifier=verifier)
+
+
+def label_job_outcome(
+    *,
+    job_id: str,
+    params: dict[str, Any],
+    rows: list[Any],
+    by_stem: dict[str, str],
+    out_dir: Path,
+    report: dict[str, Any],
+) -> tuple[dict[str, Any], Callable[[Connection], None]]:
+    """A label run's summary for the job's ``result``, and a writer of its per-image results
+    (``job_images``) from the run's ``labels.jsonl``; ``rows`` are the job's images
+    (``job_image_rows``), ``by_stem`` their files' stems (``materialize_job_images``)."""
+    from labeler.pipeline import LABELS_FILENAME
 
     results: dict[str, dict[str, Any]] = {}
-    for line in (config.out_dir / LABELS_FILENAME).read_text().splitlines():
+    for line in (out_dir / LABELS_FILENAME).read_text().splitlines():
         record = json.loads(line)
         labels = record["labels"]
         counts = {s: sum(1 for label in labels if label["status"] == s) for s in _LABEL_STATUSES}
@@ -338,7 +349,7 @@ def run_label_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection
         "verifier": report["verifier"],
         "timings_s": report["timings_s"],
         "dataset": {k: v for k, v in report["dataset"].items() if k != "path"},
-        "provenance": public_provenance(report["provenance"], ctx.job.params),
+        "provenance": public_provenance(report["provenance"], params),
     }
 
     def write_results(connection: Connection) -> None:
@@ -348,11 +359,57 @@ def run_label_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection
                 continue
             connection.execute(
                 sa.update(job_images)
-                .where(job_images.c.job_id == ctx.job.id, job_images.c.position == row.position)
+                .where(job_images.c.job_id == job_id, job_images.c.position == row.position)
                 .values(**result)
             )
 
     return summary, write_results
+
+
+def job_image_rows(db: Database, job_id: str) -> list[Any]:
+    """The job's images in submission order: position, image_id, sha256, extension."""
+    with db.read() as connection:
+        return list(
+            connection.execute(
+                sa.select(
+                    job_images.c.position,
+                    job_images.c.image_id,
+                    images.c.sha256,
+                    images.c.extension,
+                )
+                .join(images, images.c.id == job_images.c.image_id)
+                .where(job_images.c.job_id == job_id)
+                .order_by(job_images.c.position)
+            ).all()
+        )
+
+
+# The name the worker's file tests know it by.
+_materialize = materialize_job_images
+
+
+def run_label_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection], None]]:
+    """Label the job's images with ``labeler.run_label``; returns the summary and a writer of the
+    per-image results (run in the same transaction that marks the job succeeded)."""
+    from labeler.pipeline import run_label
+
+    settings = ctx.settings
+    config = label_job_config(
+        ctx.db, settings, job_id=ctx.job.id, project_id=ctx.job.project_id, params=ctx.job.params
+    )
+    rows = job_image_rows(ctx.db, ctx.job.id)
+    by_stem = materialize_job_images(rows, settings.data_dir, config.images_dir)
+    detector = ctx.models.detector(config.detector, config.detector_options)
+    verifier = ctx.models.verifier(config.verifier, settings=settings, mode=config.verify_mode)
+    report = run_label(config, progress=ctx.progress, detector=detector, verifier=verifier)
+    return label_job_outcome(
+        job_id=ctx.job.id,
+        params=ctx.job.params,
+        rows=rows,
+        by_stem=by_stem,
+        out_dir=config.out_dir,
+        report=report,
+    )
 
 
 _LABEL_STATUSES = ("accepted", "rejected", "needs_review")

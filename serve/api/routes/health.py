@@ -7,7 +7,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from labeler.core.version import __version__
-from serve.api.deps import CurrentPrincipal, CurrentSettings, Db
+from serve.api.deps import CurrentPrincipal, CurrentSettings, Db, LabelerPrincipal
 from serve.api.schemas import HealthPublic, ServiceOptions, error_responses
 from serve.db import jobs
 from serve.telemetry import JOBS_IN_QUEUE
@@ -50,11 +50,11 @@ def options(settings: CurrentSettings, _: CurrentPrincipal) -> ServiceOptions:
 
 @router.get(
     "/metrics",
-    summary="Prometheus metrics (any valid API key)",
+    summary="Prometheus metrics (a labeler or admin API key)",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}}, **error_responses(401)},
+    responses={200: {"content": {"text/plain": {}}}, **error_responses(401, 403)},
 )
-def metrics(db: Db, _: CurrentPrincipal) -> Response:
+def metrics(db: Db, _: LabelerPrincipal) -> Response:
     with db.read() as connection:
         counts = connection.execute(
             sa.select(jobs.c.kind, jobs.c.status, sa.func.count()).group_by(

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 
 from labeler.ontology import ontology_from_data
 from serve.api.auth import set_project_ontology
-from serve.api.deps import CurrentPrincipal, Db, ProjectId
+from serve.api.deps import CurrentPrincipal, Db, ProjectId, ReviewProjectId
 from serve.api.schemas import OntologyIn, ProjectPublic, as_datetime, error_responses
 from serve.db import Database, images, projects
 
@@ -36,7 +36,7 @@ def list_projects(db: Db, principal: CurrentPrincipal) -> list[ProjectPublic]:
 
 
 @router.get("/{project_id}", responses=error_responses(404))
-def get_project(db: Db, project_id: ProjectId) -> ProjectPublic:
+def get_project(db: Db, project_id: ReviewProjectId) -> ProjectPublic:
     return _project(db, project_id)
 
 

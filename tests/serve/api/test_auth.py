@@ -20,7 +20,11 @@ def test_every_route_but_health_needs_a_key(service: Service) -> None:
         if path == "/healthz":
             continue
         concrete = path.format(
-            project_id=service.project_id, job_id="j", image_id="i", version="v1"
+            project_id=service.project_id,
+            job_id="j",
+            image_id="i",
+            version="v1",
+            image_sha256="0" * 64,
         )
         for method, operation in operations.items():
             response = service.client.request(method.upper(), concrete)
