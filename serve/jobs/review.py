@@ -44,12 +44,19 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ReviewJob:
-    """A succeeded labeling job, as review needs it."""
+    """A succeeded labeling job, as review needs it: a ``serve.api.review_target.ReviewTarget``."""
 
     job: JobRecord
     workspace_dir: Path
     class_names: tuple[str, ...]
     thresholds: RouteThresholds
+    db: Database
+    settings: ServiceSettings
+    project_id: str
+
+    @property
+    def name(self) -> str:
+        return self.job.id
 
     @contextmanager
     def workspace(self) -> Iterator[Workspace]:
@@ -57,8 +64,23 @@ class ReviewJob:
         with Workspace(self.workspace_dir) as workspace:
             yield workspace
 
+    def image_file(self, image_sha256: str) -> tuple[Path, str]:
+        return job_image_file(
+            self.db, data_dir=self.settings.data_dir, job_id=self.job.id, image_sha256=image_sha256
+        )
 
-def review_job(db: Database, *, data_dir: Path, project_id: str, job_id: str) -> ReviewJob:
+    def image_sha256s(self) -> list[str]:
+        return job_image_sha256s(self.db, job_id=self.job.id)
+
+    def reexport(self) -> dict[str, Any]:
+        return reexport(
+            self.db, settings=self.settings, project_id=self.project_id, job_id=self.job.id
+        )
+
+
+def review_job(
+    db: Database, *, settings: ServiceSettings, project_id: str, job_id: str
+) -> ReviewJob:
     """The job ``job_id`` of ``project_id`` to review: NotFoundError when it is not a labeling
     job of that project, ConflictError until it has succeeded."""
     job = get_job(db, project_id=project_id, job_id=job_id)
@@ -69,7 +91,7 @@ def review_job(db: Database, *, data_dir: Path, project_id: str, job_id: str) ->
         raise ConflictError(
             f"job {job_id} is {job.status}; its labels can be reviewed once it has succeeded"
         )
-    workspace_dir = job_dir(data_dir, job_id) / "workspace"
+    workspace_dir = job_dir(settings.data_dir, job_id) / "workspace"
     if not (workspace_dir / DB_NAME).is_file():
         # Never make an empty one: that would review (and export) nothing.
         raise StoreError(f"job {job_id}: its workspace is missing on the server")
@@ -91,6 +113,9 @@ def review_job(db: Database, *, data_dir: Path, project_id: str, job_id: str) ->
         workspace_dir=workspace_dir,
         class_names=tuple(ontology.names),
         thresholds=thresholds,
+        db=db,
+        settings=settings,
+        project_id=project_id,
     )
 
 
@@ -183,7 +208,7 @@ def reexport(
         materialize_job_images,
     )
 
-    review = review_job(db, data_dir=settings.data_dir, project_id=project_id, job_id=job_id)
+    review = review_job(db, settings=settings, project_id=project_id, job_id=job_id)
     job = review.job
     try:
         config = label_job_config(

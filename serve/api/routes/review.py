@@ -14,7 +14,8 @@ from fastapi import APIRouter, Path, Query, Request, status
 from fastapi.responses import FileResponse, JSONResponse
 
 from labeler.review import queue
-from serve.api.deps import CurrentPrincipal, CurrentSettings, Db, ReviewProjectId, run_in_app_pool
+from serve.api.deps import CurrentPrincipal, CurrentSettings, run_in_app_pool
+from serve.api.review_target import CurrentReviewTarget
 from serve.api.schemas import (
     ReviewBoxIn,
     ReviewDecisionsConflict,
@@ -29,7 +30,6 @@ from serve.api.schemas import (
     error_responses,
 )
 from serve.ingest.uploads import MEDIA_TYPES
-from serve.jobs import review as job_review
 
 router = APIRouter(prefix="/v1/projects/{project_id}/jobs/{job_id}/review", tags=["review"])
 
@@ -37,11 +37,9 @@ _ERRORS = error_responses(403, 404, 409, 422)
 ImageSha256 = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="The image's SHA-256.")]
 
 
-def _image_url(request: Request, project_id: str, job_id: str, image_sha256: str) -> str:
+def _image_url(request: Request, image_sha256: str) -> str:
     root = request.scope.get("root_path", "")
-    return (
-        f"{root}{router.prefix.format(project_id=project_id, job_id=job_id)}/images/{image_sha256}"
-    )
+    return f"{root}{router.prefix.format(**request.path_params)}/images/{image_sha256}"
 
 
 @router.get(
@@ -51,11 +49,9 @@ def _image_url(request: Request, project_id: str, job_id: str, image_sha256: str
 )
 def review_queue(
     request: Request,
-    db: Db,
     settings: CurrentSettings,
     principal: CurrentPrincipal,
-    project_id: ReviewProjectId,
-    job_id: str,
+    target: CurrentReviewTarget,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     classes: Annotated[
         list[Annotated[str, Query(max_length=256)]] | None,
@@ -70,17 +66,14 @@ def review_queue(
     nearest the middle of the accept/reject band, then the lowest detector score. Each is
     claimed for this key for ``PROMPTLABEL_REVIEW_CLAIM_S`` seconds: colleagues' queues skip it
     meanwhile, this key's own queue hands it out again."""
-    job = job_review.review_job(
-        db, data_dir=settings.data_dir, project_id=project_id, job_id=job_id
-    )
-    with job.workspace() as workspace:
+    with target.workspace() as workspace:
         items = queue.next_items(
             workspace,
-            class_names=job.class_names,
-            thresholds=job.thresholds,
+            class_names=target.class_names,
+            thresholds=target.thresholds,
             reviewer=principal.key_id,
             claim_s=settings.review_claim_s,
-            image_url=partial(_image_url, request, project_id, job_id),
+            image_url=partial(_image_url, request),
             limit=limit,
             classes=classes or (),
             reasons=reasons or (),
@@ -106,24 +99,18 @@ def review_queue(
     },
 )
 def post_decisions(
-    db: Db,
-    settings: CurrentSettings,
     principal: CurrentPrincipal,
-    project_id: ReviewProjectId,
-    job_id: str,
+    target: CurrentReviewTarget,
     body: ReviewDecisionsIn,
 ) -> JSONResponse:
     """Each decision names the box's version it was made on (``base_version``, the queue's
     ``version``; 0 for a box never decided). Class ids and boxes are checked first (422 naming
     the decision, nothing recorded); boxes are clipped to the image and must be ones the
     dataset can hold."""
-    job = job_review.review_job(
-        db, data_dir=settings.data_dir, project_id=project_id, job_id=job_id
-    )
     decisions = [queue.DecisionRequest(**item.model_dump()) for item in body.decisions]
-    with job.workspace() as workspace:
+    with target.workspace() as workspace:
         outcome = queue.apply_decisions(
-            workspace, decisions, reviewer=principal.key_id, class_names=job.class_names
+            workspace, decisions, reviewer=principal.key_id, class_names=target.class_names
         )
     if outcome.all_applied:
         return JSONResponse({"results": outcome.results})
@@ -144,28 +131,20 @@ def post_decisions(
     responses=_ERRORS,
 )
 def add_box(
-    db: Db,
-    settings: CurrentSettings,
     principal: CurrentPrincipal,
-    project_id: ReviewProjectId,
-    job_id: str,
+    target: CurrentReviewTarget,
     body: ReviewBoxIn,
 ) -> ReviewStatePublic:
-    job = job_review.review_job(
-        db, data_dir=settings.data_dir, project_id=project_id, job_id=job_id
-    )
     # An image of this job (404 otherwise), not just any the workspace holds.
-    job_review.job_image_file(
-        db, data_dir=settings.data_dir, job_id=job_id, image_sha256=body.image_sha256
-    )
-    with job.workspace() as workspace:
+    target.image_file(body.image_sha256)
+    with target.workspace() as workspace:
         state = queue.add_box(
             workspace,
             image_sha256=body.image_sha256,
             class_id=body.class_id,
             xyxy=body.xyxy,
             reviewer=principal.key_id,
-            class_names=job.class_names,
+            class_names=target.class_names,
         )
     return ReviewStatePublic.model_validate(state)
 
@@ -180,16 +159,10 @@ def add_box(
     },
 )
 def review_image(
-    db: Db,
-    settings: CurrentSettings,
-    project_id: ReviewProjectId,
-    job_id: str,
+    target: CurrentReviewTarget,
     image_sha256: ImageSha256,
 ) -> FileResponse:
-    job_review.review_job(db, data_dir=settings.data_dir, project_id=project_id, job_id=job_id)
-    path, media_type = job_review.job_image_file(
-        db, data_dir=settings.data_dir, job_id=job_id, image_sha256=image_sha256
-    )
+    path, media_type = target.image_file(image_sha256)
     # The bytes never change (content-addressed): clients may keep them.
     return FileResponse(
         path,
@@ -207,39 +180,28 @@ def review_image(
     responses=_ERRORS,
 )
 def review_image_boxes(
-    db: Db,
-    settings: CurrentSettings,
-    project_id: ReviewProjectId,
-    job_id: str,
+    target: CurrentReviewTarget,
     image_sha256: ImageSha256,
 ) -> ReviewImageBoxes:
-    job = job_review.review_job(
-        db, data_dir=settings.data_dir, project_id=project_id, job_id=job_id
-    )
-    job_review.job_image_file(
-        db, data_dir=settings.data_dir, job_id=job_id, image_sha256=image_sha256
-    )
-    with job.workspace() as workspace:
-        found = queue.image_boxes(workspace, image_sha256, class_names=job.class_names)
+    target.image_file(image_sha256)
+    with target.workspace() as workspace:
+        found = queue.image_boxes(workspace, image_sha256, class_names=target.class_names)
     return ReviewImageBoxes.model_validate(found)
 
 
 @router.get("/summary", summary="Classes, thresholds and how far the review is", responses=_ERRORS)
 def review_summary(
-    db: Db, settings: CurrentSettings, project_id: ReviewProjectId, job_id: str
+    target: CurrentReviewTarget,
 ) -> ReviewSummaryPublic:
-    job = job_review.review_job(
-        db, data_dir=settings.data_dir, project_id=project_id, job_id=job_id
-    )
-    sha256s = job_review.job_image_sha256s(db, job_id=job_id)
-    with job.workspace() as workspace:
+    sha256s = target.image_sha256s()
+    with target.workspace() as workspace:
         found: dict[str, Any] = queue.review_summary(
             workspace,
             image_sha256s=sha256s,
-            class_names=job.class_names,
-            thresholds=job.thresholds,
+            class_names=target.class_names,
+            thresholds=target.thresholds,
         )
-    return ReviewSummaryPublic.model_validate({"job_id": job_id, **found})
+    return ReviewSummaryPublic.model_validate({"job_id": target.name, **found})
 
 
 @router.post(
@@ -249,10 +211,7 @@ def review_summary(
 )
 async def review_export(
     request: Request,
-    db: Db,
-    settings: CurrentSettings,
-    project_id: ReviewProjectId,
-    job_id: str,
+    target: CurrentReviewTarget,
 ) -> ReviewExportPublic:
     """Routes every box again from what the job stored (decisions win), writes the dataset,
     and updates the job's results and label counts: the job's ``/export`` download then holds
@@ -260,6 +219,6 @@ async def review_export(
     counts = await run_in_app_pool(
         request,
         "review",
-        partial(job_review.reexport, db, settings=settings, project_id=project_id, job_id=job_id),
+        target.reexport,
     )
     return ReviewExportPublic.model_validate(counts)
