@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`; each sets everything up first.
-.PHONY: install install-base install-label-studio demo test lint bench
+.PHONY: install install-base install-label-studio install-browser demo test lint bench screenshots
 
 export YOLO_OFFLINE ?= True
 export YOLO_AUTOINSTALL ?= false
@@ -26,9 +26,21 @@ lint:
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
-test: install install-base install-label-studio lint
+# Debian's Chromium for the pages' browser tests (Playwright drives it; its own browser download
+# is not needed). As root it is installed; otherwise the browser tests skip, unless
+# PROMPTLABEL_REQUIRE_BROWSER is set (CI), where they fail.
+install-browser:
+	@[ -x /usr/bin/chromium ] || { [ "$$(id -u)" = 0 ] \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "no Chromium: sudo apt-get install -y chromium (the browser tests skip without it)" >&2
+
+test: install install-base install-label-studio install-browser lint
 	PROMPTLABEL_BASE_VENV=$(CURDIR)/.venv-base \
 		PROMPTLABEL_LABEL_STUDIO=$(CURDIR)/.venv-ls/bin/label-studio .venv/bin/pytest
+
+# The README's picture of the review page, made by its browser test.
+screenshots: install install-browser
+	PROMPTLABEL_SCREENSHOTS=1 .venv/bin/pytest -q tests/serve/pages
 
 bench: install
 	.venv/bin/python benchmarks/bench_propose.py

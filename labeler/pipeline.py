@@ -159,6 +159,20 @@ def propose_key(config: LabelConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def changed_since_run(config: LabelConfig, provenance: dict[str, Any]) -> list[str]:
+    """What of ``config`` differs from a run's recorded ``provenance`` in a way that a route-only
+    rerun would not find that run's stored proposals or verdicts: the proposal key, the
+    verifier, its endpoint, its prompt template. Empty: the rerun finds them all."""
+    identity = config.verifier_identity() if config.uses_verifier else None
+    now = {
+        "propose_key": propose_key(config),
+        "verifier": identity.model_id if identity else "none",
+        "verifier_endpoint": identity.endpoint if identity else None,
+        "template_hash": identity.template_hash if identity else None,
+    }
+    return [name for name, value in now.items() if provenance.get(name) != value]
+
+
 @dataclass
 class _Scan:
     """Files found this run; ``first_path`` maps each decodable content hash to one file."""

@@ -28,6 +28,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Database",
     "api_keys",
+    "dataset_acceptances",
     "images",
     "job_images",
     "jobs",
@@ -41,7 +42,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # 2: api_keys.role (keys made before are "labeler" keys: what every key could do then).
-SCHEMA_VERSION = 2
+# 3: projects.min_precision and projects.require_accepted_datasets (older projects: neither),
+#    and the dataset_acceptances table.
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -60,6 +63,18 @@ projects = sa.Table(
     sa.Column("ontology", sa.JSON, nullable=False),  # {"classes": [...]}, an Ontology's dump
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # Acceptance of labeling jobs' datasets (serve.jobs.acceptance): the lowest precision an
+    # acceptance allows (the Wilson lower bound of the spot checks'; null: no minimum), and
+    # whether training jobs take only accepted datasets. Database defaults, so that the columns
+    # added to an older database fill its rows too.
+    sa.Column("min_precision", sa.Float),
+    sa.Column(
+        "require_accepted_datasets",
+        sa.Boolean,
+        nullable=False,
+        default=False,
+        server_default=sa.false(),
+    ),
 )
 
 api_keys = sa.Table(
@@ -136,6 +151,36 @@ job_images = sa.Table(
 )
 
 
+# An admin's acceptance of a labeling job's dataset, with the spot-check numbers it was given on.
+# Withdrawn ones stay (withdrawn_at set): the history of who accepted what. At most one current
+# acceptance per job.
+dataset_acceptances = sa.Table(
+    "dataset_acceptances",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("project_id", sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("job_id", sa.ForeignKey("jobs.id"), nullable=False),
+    sa.Column("accepted_by", sa.String(40), nullable=False),  # the admin key's id
+    sa.Column("accepted_at", sa.Float, nullable=False),
+    # When the dataset accepted was written (the job's finish or its latest re-export): a later
+    # re-export makes the acceptance lapse.
+    sa.Column("dataset_written_at", sa.Float, nullable=False),
+    sa.Column("min_precision", sa.Float),  # the project's minimum when accepted
+    sa.Column("report", sa.JSON, nullable=False),  # the numbers it was given on
+    sa.Column("withdrawn_by", sa.String(40)),
+    sa.Column("withdrawn_at", sa.Float),
+    sa.Column("withdrawn_reason", sa.String(200)),
+    sa.Index("ix_dataset_acceptances_job", "job_id", "accepted_at"),
+    sa.Index(
+        "uq_dataset_acceptances_current",
+        "job_id",
+        unique=True,
+        sqlite_where=sa.text("withdrawn_at IS NULL"),
+        postgresql_where=sa.text("withdrawn_at IS NULL"),
+    ),
+)
+
+
 def _add_column(table: sa.Table, name: str) -> Callable[[Connection], None]:
     """A migration step adding ``table.c[name]`` as this module declares it (type, default,
     NOT NULL), on either database."""
@@ -150,6 +195,11 @@ def _add_column(table: sa.Table, name: str) -> Callable[[Connection], None]:
 # MIGRATIONS[n] brings a database of schema n to n + 1; create_schema applies them in order.
 MIGRATIONS: dict[int, tuple[Callable[[Connection], None], ...]] = {
     1: (_add_column(api_keys, "role"),),
+    # dataset_acceptances is a new table: create_all, which runs first, makes it.
+    2: (
+        _add_column(projects, "min_precision"),
+        _add_column(projects, "require_accepted_datasets"),
+    ),
 }
 
 

@@ -25,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -135,6 +136,9 @@ class ServiceSettings(TrainSettings, LabelSettings):
     # colleagues' queues skip it. Long enough to decide one box, short enough that a reviewer
     # who walks away holds nothing for long.
     review_claim_s: float = Field(default=120.0, gt=0, le=3600)
+    # Signs the review page's session cookies. Unset: a random secret kept in data_dir, which
+    # every process of one service shares; set it when the processes do not share data_dir.
+    session_secret: SecretStr | None = None
 
     @field_validator("service_verifiers", mode="before")
     @classmethod

@@ -428,22 +428,57 @@ def review_summary(
     """Where the review of the images ``image_sha256s`` stands in the latest run: boxes by
     effective status (overall and per class), how many the route sent to review are still
     undecided (``needs_review_left``) and how many reviewers decided (``needs_review_decided``),
-    every box reviewers decided (``decided``) and added (``added``)."""
+    every box reviewers decided (``decided``) and added (``added``).
+
+    Counted, not listed: the run's labels by class and route (``Workspace.label_counts``), with
+    only the boxes reviewers decided looked at one by one."""
     run_id = workspace.latest_run_id()
-    boxes = [] if run_id is None else workspace.review_boxes(run_id, image_sha256s=image_sha256s)
-    sizes = workspace.image_sizes(image_sha256s)
     labels: Counter[str] = Counter()
     per_class: dict[str, Counter[str]] = {name: Counter() for name in class_names}
-    for view, box in _views_with_boxes(workspace, boxes, class_names, sizes):
-        labels[view["status"]] += 1
-        counts = per_class.setdefault(view["class"], Counter())
-        counts[view["status"]] += 1
-        if box.auto_status == Status.NEEDS_REVIEW:
+    extra_classes: dict[str, Counter[str]] = {}
+
+    def count(view: dict[str, Any], auto_status: str | None, added: bool, boxes: int = 1) -> None:
+        name = view["class"]
+        counts = per_class[name] if name in per_class else extra_classes.setdefault(name, Counter())
+        labels[view["status"]] += boxes
+        counts[view["status"]] += boxes
+        if auto_status == Status.NEEDS_REVIEW:
             decided = view["decided_by"] == "human"
-            labels["needs_review_decided" if decided else "needs_review_left"] += 1
-            counts["needs_review_decided" if decided else "needs_review_left"] += 1
-        labels["decided"] += view["decided_by"] == "human"
-        labels["added"] += box.added
+            labels["needs_review_decided" if decided else "needs_review_left"] += boxes
+            counts["needs_review_decided" if decided else "needs_review_left"] += boxes
+        labels["decided"] += boxes * (view["decided_by"] == "human")
+        labels["added"] += boxes * added
+
+    if run_id is not None:
+        wanted = set(image_sha256s)
+        routed = Counter(workspace.label_counts(run_id, wanted))
+        states = {
+            pid: state
+            for pid, state in workspace.human_states().items()
+            if state.status is not None
+        }
+        boxes = [
+            box
+            for box in workspace.review_boxes(run_id, proposal_ids=list(states))
+            if box.image_sha256 in wanted
+        ]
+        sizes = workspace.image_sizes({box.image_sha256 for box in boxes})
+        for box in boxes:
+            view = _box_view(box, states[box.proposal_id], class_names, sizes.get(box.image_sha256))
+            assert view is not None  # decided, so a box
+            count(view, box.auto_status, box.added)
+            if not box.added:
+                routed[(box.class_id, box.class_name, str(box.auto_status))] -= 1
+        # Every other box stands as the route left it.
+        for (class_id, class_name, status), boxes_left in routed.items():
+            view = {
+                "class": _name(class_id, class_names) or class_name,
+                "status": status,
+                "decided_by": "auto",
+            }
+            count(view, status, False, boxes_left)
+    for name in sorted(extra_classes):
+        per_class[name] = extra_classes[name]
     keys = [status.value for status in Status] + ["needs_review_left", "needs_review_decided"]
     return {
         "run_id": run_id,

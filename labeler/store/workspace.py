@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 
 from labeler.core.detections import Detections
-from labeler.store.decisions import DECISION_SCHEMA, HumanDecisions
+from labeler.store.decisions import (
+    DECISION_SCHEMA,
+    REVIEW_QUEUE_MIGRATION,
+    REVIEW_QUEUE_SCHEMA,
+    HumanDecisions,
+    refill_review_queue,
+)
 from labeler.store.spot_checks import SpotChecks
 from labeler.store.sqlite import SqliteFile
 
@@ -25,8 +31,10 @@ __all__ = ["FileRecord", "LabelRow", "StoredVerdict", "Workspace"]
 
 # v2: reviewers' decisions, claims and spot checks (labeler.store.decisions, .spot_checks);
 # v1 files gain the tables.
-SCHEMA_VERSION = 2
-_MIGRATIONS: dict[int, tuple[str, ...]] = {1: ()}
+# v3: the review queue table, kept by triggers, and each run's label counts (labeler.store.
+# decisions); v2 files gain both, filled for their latest run.
+SCHEMA_VERSION = 3
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: (), 2: REVIEW_QUEUE_MIGRATION}
 DB_NAME = "workspace.db"
 
 _SCHEMA = (
@@ -91,6 +99,7 @@ _SCHEMA = (
     PRIMARY KEY (run_id, proposal_id)
 )""",
     *DECISION_SCHEMA,
+    *REVIEW_QUEUE_SCHEMA,
 )
 
 
@@ -167,6 +176,13 @@ class Workspace(HumanDecisions, SpotChecks, SqliteFile):
                 (path, sha256, size_bytes, mtime_ns, error_reason, error_detail),
             )
 
+    def file_paths(self, sha256: str) -> list[str]:
+        """The files recorded with these bytes (as scanned: resolved paths), in path order."""
+        rows = self._db.execute(
+            "SELECT path FROM files WHERE sha256=? ORDER BY path", (sha256,)
+        ).fetchall()
+        return [row[0] for row in rows]
+
     def forget_file(self, path: str) -> None:
         """Drop what is known of ``path``: the next scan reads and hashes it again."""
         with self._transaction() as db:
@@ -187,8 +203,14 @@ class Workspace(HumanDecisions, SpotChecks, SqliteFile):
 
     def image_sizes(self, sha256s: Iterable[str]) -> dict[str, tuple[int, int]]:
         wanted = set(sha256s)
-        rows = self._db.execute("SELECT sha256, width, height FROM images").fetchall()
-        return {sha: (w, h) for sha, w, h in rows if sha in wanted}
+        if len(wanted) > 500:  # many: one pass over the table beats a lookup each
+            rows = self._db.execute("SELECT sha256, width, height FROM images").fetchall()
+            return {sha: (w, h) for sha, w, h in rows if sha in wanted}
+        marks = ",".join("?" * len(wanted))
+        rows = self._db.execute(
+            f"SELECT sha256, width, height FROM images WHERE sha256 IN ({marks})", list(wanted)
+        ).fetchall()
+        return {sha: (w, h) for sha, w, h in rows}
 
     # -- proposals --------------------------------------------------------------------------------
 
@@ -295,12 +317,23 @@ class Workspace(HumanDecisions, SpotChecks, SqliteFile):
             return cursor.lastrowid
 
     def save_labels(self, run_id: int, rows: Sequence[LabelRow]) -> None:
+        """Store a run's routed labels (replacing any it had); the review queue then holds the
+        latest run's undecided ``needs_review`` boxes."""
         with self._transaction() as db:
             db.execute("DELETE FROM labels WHERE run_id=?", (run_id,))
             db.executemany(
                 "INSERT INTO labels VALUES (?, ?, ?, ?, ?)",
                 [(run_id, r.proposal_id, r.status, r.reason, r.verdict_key) for r in rows],
             )
+            refill_review_queue(db, run_id)
+
+    def run_config(self, run_id: int) -> dict[str, Any] | None:
+        """What ``start_run`` recorded for run ``run_id`` (None: no such run)."""
+        row = self._db.execute("SELECT config FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        config: dict[str, Any] = json.loads(row[0])
+        return config
 
     def finish_run(self, run_id: int, report: dict[str, Any]) -> None:
         with self._transaction() as db:
@@ -322,6 +355,8 @@ class Workspace(HumanDecisions, SpotChecks, SqliteFile):
             "decisions",
             "claims",
             "spot_checks",
+            "review_queue",
+            "run_label_counts",
         }:
             raise ValueError(f"unknown table {table!r}")
         row = self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()

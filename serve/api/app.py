@@ -22,8 +22,19 @@ from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from labeler.core.exceptions import InputError, ModelLoadError, PromptlabelError
-from serve.api.routes import health, images, jobs, models, projects, review
+from serve.api.routes import (
+    acceptance,
+    health,
+    images,
+    jobs,
+    models,
+    pages,
+    projects,
+    review,
+    spot_checks,
+)
 from serve.api.schemas import error_responses
+from serve.api.sessions import load_session_secret
 from serve.db import LOOKUP_CONNECTIONS, Database
 from serve.errors import ConflictError, ForbiddenError, NotFoundError
 from serve.ingest.fetch import DNS_LOOKUPS_AT_ONCE
@@ -32,7 +43,7 @@ from serve.jobs.worker import ModelCache, Worker
 from serve.settings import ServiceSettings
 from serve.telemetry import HTTP_REQUESTS, HTTP_SECONDS, job_log_context
 
-__all__ = ["create_app"]
+__all__ = ["add_error_handlers", "create_app"]
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +194,15 @@ async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": _json_safe(jsonable_encoder(errors))}, status_code=422)
 
 
+def add_error_handlers(app: FastAPI) -> None:
+    """The product's exceptions as HTTP answers (NotFoundError 404, ConflictError 409,
+    InputError 422 ...), and JSON-safe 422s and 415s for invalid requests: the service's app
+    and ``promptlabel review``'s answer alike."""
+    app.add_exception_handler(PromptlabelError, _error_response)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(sa.exc.DataError, _value_refused)
+
+
 class Observe:
     """Request metrics per route, a request id for logs and the ``X-Request-ID`` header, and
     ``Server-Timing: app;dur=<ms>`` (the time inside the app until the response starts), so a
@@ -285,16 +305,21 @@ def create_app(
     )
     app.state.db = database
     app.state.settings = settings
+    secret = settings.session_secret
+    app.state.session_secret = load_session_secret(
+        settings.data_dir, secret.get_secret_value() if secret else None
+    )
     # Requests are matched against the routes in order: /predict, the one whose overhead
     # counts, first (27 routes checked before it cost about 0.1 ms a request).
     # Every route of a project may answer 403: a key's role may not allow it (serve.api.deps).
     app.include_router(models.predict_router, responses=error_responses(401, 403))
     app.include_router(health.router)
-    for router in (projects, images, jobs, review, models):  # every route of these needs a key
+    # every route of these needs a key
+    for router in (projects, images, jobs, review, spot_checks, acceptance, models):
         app.include_router(router.router, responses=error_responses(401, 403))
-    app.add_exception_handler(PromptlabelError, _error_response)
-    app.add_exception_handler(RequestValidationError, _invalid_request)
-    app.add_exception_handler(sa.exc.DataError, _value_refused)
+    app.include_router(pages.session_router)
+    pages.mount_review_page(app)
+    add_error_handlers(app)
     app.add_middleware(BodyLimit, upload_limit=settings.max_upload_bytes)
 
     app.add_middleware(Observe)

@@ -36,6 +36,7 @@ __all__ = [
     "get_project_by_name",
     "list_api_keys",
     "new_id",
+    "principal_for_key_id",
     "revoke_api_key",
     "set_project_ontology",
 ]
@@ -219,11 +220,23 @@ def authenticate(db: Database, token: str) -> Principal | None:
     if not token.startswith(KEY_PREFIX) or "." not in token:
         return None
     key_id, secret = token[len(KEY_PREFIX) :].split(".", 1)
+    return _principal(db, key_id, secret)
+
+
+def principal_for_key_id(db: Database, key_id: str) -> Principal | None:
+    """The principal of a key known by its id alone (a signed session names it), or None when
+    the key is unknown or revoked: revoking a key ends its sessions at once."""
+    return _principal(db, key_id, None)
+
+
+def _principal(db: Database, key_id: str, secret: str | None) -> Principal | None:
     row = db.fetch_one(_KEY_BY_ID, {"key_id": key_id})
     if row is None:
         return None
     project_id, secret_sha256, revoked_at, role = row
-    if revoked_at is not None or not hmac.compare_digest(secret_sha256, _hash(secret)):
+    if revoked_at is not None:
+        return None
+    if secret is not None and not hmac.compare_digest(secret_sha256, _hash(secret)):
         return None
     # A role this version does not know (written by a newer one) is refused, not guessed.
     if role not in _ROLES:

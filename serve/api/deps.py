@@ -19,7 +19,8 @@ from typing import Annotated, TypeVar
 from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from serve.api.auth import Principal, Role, authenticate
+from serve.api.auth import Principal, Role, authenticate, principal_for_key_id
+from serve.api.sessions import CSRF_HEADER, SESSION_COOKIE, is_valid_csrf, key_id_of_session
 from serve.db import Database
 from serve.errors import ForbiddenError, NotFoundError
 from serve.settings import ServiceSettings
@@ -36,6 +37,8 @@ __all__ = [
     "check_role",
     "require_role",
     "run_in_app_pool",
+    "session_principal",
+    "session_secret",
 ]
 
 T = TypeVar("T")
@@ -81,16 +84,41 @@ async def _principal(
             principal = await run_in_app_pool(
                 request, "lookups", partial(authenticate, db, credentials.credentials)
             )
+    elif (cookie := request.cookies.get(SESSION_COOKIE)) is not None:
+        principal = session_principal(request, cookie)
+        if principal is not None and request.method not in _SAFE_METHODS:
+            # The cookie rides along with any request the browser makes; the token only with
+            # the page's own (SameSite=Strict is the first fence, this the second).
+            if not is_valid_csrf(cookie, request.headers.get(CSRF_HEADER), session_secret(request)):
+                raise ForbiddenError(f"missing or wrong {CSRF_HEADER} header for this session")
     if principal is None:
         raise HTTPException(
             status_code=status.HTTP_401_UNAUTHORIZED,
-            detail="missing, unknown or revoked API key: send 'Authorization: Bearer pl_...'",
+            detail="missing, unknown or revoked API key: send 'Authorization: Bearer pl_...'"
+            " (or sign in on /review/)",
             headers={"WWW-Authenticate": "Bearer"},
         )
     return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(_principal)]
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def session_secret(request: Request) -> bytes:
+    """The app's key for signing session cookies (``serve.api.sessions``)."""
+    secret: bytes = request.app.state.session_secret
+    return secret
+
+
+def session_principal(request: Request, cookie: str) -> Principal | None:
+    """The principal of a session cookie while it is valid and its key exists, unrevoked."""
+    key_id = key_id_of_session(cookie, session_secret(request))
+    if key_id is None:
+        return None
+    db: Database = request.app.state.db
+    return principal_for_key_id(db, key_id)
 
 
 # Who may do what: admin keys may do everything, so they are in every set.

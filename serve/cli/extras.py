@@ -21,6 +21,7 @@ EXTRA_BY_COMMAND: dict[str, str] = {
     "worker": "serve",
     "projects": "serve",
     "keys": "serve",
+    "review": "serve",
 }
 
 # Top-level import name -> the extra of pyproject.toml that installs it.

@@ -15,6 +15,7 @@ from serve.cli import distill as cli_distill
 from serve.cli import label as cli_label
 from serve.cli import label_studio as cli_label_studio
 from serve.cli import predict as cli_predict
+from serve.cli import review as cli_review
 from serve.cli import service as cli_service
 from serve.cli.common import console, fail, results
 from serve.cli.extras import missing_module_message
@@ -67,6 +68,7 @@ app.command("worker")(cli_service.worker_command)
 app.add_typer(cli_service.projects_app, name="projects")
 app.add_typer(cli_service.keys_app, name="keys")
 app.add_typer(cli_label_studio.label_studio_app, name="label-studio")
+app.command("review")(cli_review.review_command)
 
 
 def main() -> None:

@@ -168,7 +168,7 @@ def _check_same_run(config: LabelConfig, out_dir: Path, job_id: str) -> None:
     """ConflictError unless ``config`` finds the proposals and verdicts the job's run stored: a
     detector or verifier name the operator has pointed elsewhere since would route every box
     as unproposed or unverified, and that must not replace the job's dataset."""
-    from labeler.pipeline import propose_key
+    from labeler.pipeline import changed_since_run
 
     try:
         provenance = json.loads((out_dir / "report.json").read_text())["provenance"]
@@ -176,14 +176,7 @@ def _check_same_run(config: LabelConfig, out_dir: Path, job_id: str) -> None:
         raise StoreError(
             f"job {job_id}: its dataset's report.json is missing or unreadable"
         ) from None
-    identity = config.verifier_identity() if config.uses_verifier else None
-    now = {
-        "propose_key": propose_key(config),
-        "verifier": identity.model_id if identity else "none",
-        "verifier_endpoint": identity.endpoint if identity else None,
-        "template_hash": identity.template_hash if identity else None,
-    }
-    changed = [name for name, value in now.items() if provenance.get(name) != value]
+    changed = changed_since_run(config, provenance)
     if changed:
         log.warning("job %s cannot be re-exported: %s changed", job_id, ", ".join(changed))
         raise ConflictError(

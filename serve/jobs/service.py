@@ -28,6 +28,7 @@ from serve.api.schemas import LabelJobCreate, TrainJobCreate
 from serve.db import Database, images, job_images, jobs, projects
 from serve.errors import ConflictError, NotFoundError
 from serve.ingest.store import get_images
+from serve.jobs.acceptance import require_accepted_for_training
 from serve.jobs.queue import JobKind, JobStatus
 from serve.settings import ServiceSettings
 
@@ -271,6 +272,9 @@ def submit_train_job(
         raise InputError(f"label_job_id: {source.id} is a {source.kind} job, not a labeling job")
     if source.status != JobStatus.SUCCEEDED:
         raise ConflictError(f"label_job_id: job {source.id} is {source.status}, not succeeded")
+    # A replay of an earlier submit answers with its job, whatever became of the acceptance.
+    if idempotency_key is None or _existing(db, project_id, idempotency_key) is None:
+        require_accepted_for_training(db, source=source)
     return _insert_job(
         db,
         settings=settings,

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import FileResponse
 
-from serve.api.deps import CurrentSettings, Db, Offset, ProjectId
+from serve.api.deps import CurrentSettings, Db, Offset, ProjectId, ReviewProjectId
 from serve.api.schemas import (
     JobProgressPublic,
     JobPublic,
@@ -117,10 +117,10 @@ def submit_train_job(
     return _submitted(job, created, response)
 
 
-@router.get("/jobs", summary="The project's jobs, newest first")
+@router.get("/jobs", summary="The project's jobs, newest first (reviewer keys too: to pick one)")
 def list_jobs(
     db: Db,
-    project_id: ProjectId,
+    project_id: ReviewProjectId,
     status_filter: Annotated[
         Literal["queued", "running", "succeeded", "failed", "cancelled"] | None,
         Query(alias="status"),
@@ -135,7 +135,7 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", summary="A job: status, progress, ETA", responses=_ERRORS)
-def get_job(db: Db, project_id: ProjectId, job_id: str) -> JobPublic:
+def get_job(db: Db, project_id: ReviewProjectId, job_id: str) -> JobPublic:
     return job_public(job_service.get_job(db, project_id=project_id, job_id=job_id))
 
 

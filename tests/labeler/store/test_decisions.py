@@ -11,7 +11,7 @@ import pytest
 from labeler.core.detections import Detections
 from labeler.core.exceptions import InputError, StaleDecision, StoreError
 from labeler.store.decisions import HUMAN_KEY, Action
-from labeler.store.workspace import LabelRow, Workspace
+from labeler.store.workspace import SCHEMA_VERSION, LabelRow, Workspace
 
 NAMES = ("cat", "dog")
 KEY = "propose-key"
@@ -184,7 +184,8 @@ def test_a_version_1_workspace_gains_the_decision_tables(tmp_path: Path) -> None
     with Workspace(tmp_path / "ws") as reopened:
         assert reopened.load_proposals("img-a", KEY).data["proposal_id"].tolist() == ids
         assert reopened.decide(ids[0], action="accept", base_version=0, reviewer="a").version == 1
+    newer = SCHEMA_VERSION + 1
     with Workspace(tmp_path / "ws") as again:
-        again._db.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
-    with pytest.raises(StoreError, match="schema v3 is not supported"):
+        again._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(newer),))
+    with pytest.raises(StoreError, match=f"schema v{newer} is not supported"):
         Workspace(tmp_path / "ws")

@@ -459,6 +459,10 @@ def test_reviewer_keys_review_and_nothing_else(service: Service, vlm_server: Fak
     assert client.get(service.url(), headers=headers).status_code == 200
     assert client.get("/v1/projects", headers=headers).status_code == 200
     assert client.get("/v1/options", headers=headers).status_code == 200
+    # The jobs to choose from, and each one's state.
+    listed = client.get(service.url("/jobs"), headers=headers)
+    assert listed.status_code == 200 and job_id in [job["id"] for job in listed.json()]
+    assert client.get(service.url(f"/jobs/{job_id}"), headers=headers).status_code == 200
 
     refused = [
         ("POST", "/images", {"files": [("files", ("a.png", png_bytes(9), "image/png"))]}),
@@ -467,7 +471,6 @@ def test_reviewer_keys_review_and_nothing_else(service: Service, vlm_server: Fak
         ("POST", "/models/v1/promote", {}),
         ("POST", "/predict", {"content": png_bytes(9), "headers": {"Content-Type": "image/png"}}),
         ("PUT", "/ontology", {"json": {"classes": {"a": "a"}}}),
-        ("GET", "/jobs", {}),
         ("GET", f"/jobs/{job_id}/export", {}),
         ("POST", f"/jobs/{job_id}/cancel", {}),
         ("GET", "/models", {}),

@@ -21,13 +21,28 @@ from tests.serve.cli.test_service import run_cli
 from tests.serve.conftest import png_bytes
 
 
+def projects_before_acceptance(old: sa.MetaData) -> sa.Table:
+    """The ``projects`` table as schemas 1 and 2 had it: no acceptance settings."""
+    return sa.Table(
+        "projects",
+        old,
+        sa.Column("id", sa.String(40), primary_key=True),
+        sa.Column("name", sa.String(200), nullable=False, unique=True),
+        sa.Column("ontology", sa.JSON, nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("updated_at", sa.Float, nullable=False),
+    )
+
+
 def _version_1_database(db: Database) -> str:
     """Make ``db`` as promptlabel wrote it at schema 1 (api_keys without a role), with a
     project and a key; returns the key's token."""
     old = sa.MetaData()
     for table in metadata.sorted_tables:
-        if table.name != "api_keys":
+        # Tables and columns of later schemas: projects' acceptance settings (schema 3) too.
+        if table.name not in ("api_keys", "projects", "dataset_acceptances"):
             table.to_metadata(old)
+    projects_before_acceptance(old)
     sa.Table(
         "api_keys",
         old,
@@ -77,7 +92,7 @@ def test_a_database_from_before_roles_is_migrated_and_its_keys_are_labeler_keys(
         db.create_schema()  # once migrated, a no-op
         with db.read() as connection:
             versions = connection.execute(sa.select(schema_info.c.version)).scalars().all()
-        assert sorted(versions) == [1, SCHEMA_VERSION] and SCHEMA_VERSION == 2
+        assert sorted(versions) == list(range(1, SCHEMA_VERSION + 1)) and SCHEMA_VERSION >= 2
         assert authenticate(db, token) == Principal("abc123", "prj_old", Role.LABELER)
         [key] = list_api_keys(db)
         assert (key.key_id, key.role) == ("abc123", Role.LABELER)
