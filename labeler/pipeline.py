@@ -15,11 +15,13 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+from PIL import Image
 
 from labeler.core.detections import Detections, as_records
 from labeler.core.exceptions import DetectorError, ImageError, InputError
@@ -40,6 +42,17 @@ from labeler.export.dataset import (
 from labeler.ontology import Ontology
 from labeler.propose.options import DetectorOptions
 from labeler.route import RouteThresholds, Status, route
+from labeler.segment import (
+    MaskStats,
+    MaskThresholds,
+    Segmenter,
+    from_rle,
+    image_masks,
+    load_segmenter,
+    mask_key,
+    mask_problem,
+    parse_segmenter_spec,
+)
 from labeler.store.decisions import HUMAN_KEY, HumanState
 from labeler.store.workspace import LabelRow, StoredVerdict, Workspace
 from labeler.verify import (
@@ -102,6 +115,9 @@ class LabelConfig:
     val_fraction: float = DEFAULT_VAL_FRACTION
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     workspace_dir: Path | None = None
+    # ``--masks SPEC``: a mask per accepted box from this segmenter (None: no masks).
+    masks: str | None = None
+    mask_thresholds: MaskThresholds = field(default_factory=MaskThresholds)
 
     @property
     def uses_verifier(self) -> bool:
@@ -138,6 +154,8 @@ class LabelConfig:
         if options.max_det < 1 or options.batch_size < 1:
             raise InputError("--max-det and --batch-size must be at least 1")
         check_verifier_spec(self.verifier)
+        if self.masks is not None:
+            parse_segmenter_spec(self.masks)
 
 
 def propose_key(config: LabelConfig) -> str:
@@ -156,6 +174,10 @@ def propose_key(config: LabelConfig) -> str:
         # Classes share a phrase. Proposals saved before each such class got the shared boxes
         # hold them for one class only; a key of its own makes those be proposed again.
         payload["shared_phrases"] = "every-class"
+    if options.tile_px is not None:
+        # Only when tiling, so untiled runs keep the keys of the proposals they stored before.
+        payload["tile_px"] = options.tile_px
+        payload["tile_overlap"] = options.tile_overlap
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -595,6 +617,15 @@ def _human_reason(state: HumanState) -> str:
     return f"reviewer {state.reviewer}: {state.action}"
 
 
+def _tile_field(
+    tiles: dict[int, dict[str, Any]], proposals: Detections, index: int
+) -> dict[str, Any]:
+    """``{"tile": {"index", "xyxy"}}`` for a proposal of a tiled run (index -1: the whole image),
+    nothing for an untiled one, so untiled records keep their keys."""
+    tile = tiles.get(int(proposals.data["proposal_id"][index]))
+    return {} if tile is None else {"tile": tile}
+
+
 def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> _Routed:
     """Every proposal's effective status: a reviewer's decision where there is one (re-routing
     never overrides it), else the automatic route from stored scores; boxes reviewers added
@@ -608,6 +639,7 @@ def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> 
     for sha in sorted(scan.first_path):
         proposals = workspace.load_proposals(sha, key)
         states = [human.get(int(pid)) for pid in proposals.data["proposal_id"]]
+        tiles = workspace.proposal_tiles(proposals.data["proposal_id"])
         effective = _with_human_changes(proposals, states)
         # Re-checked on every routing, from the stored boxes: no threshold ever accepts them.
         unwritable = _unwritable(proposals, sizes.get(sha))
@@ -652,6 +684,7 @@ def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> 
                     "version": state.version if state else 0,
                     "yes_prob": verdict.yes_prob if verdict else None,
                     "answer": verdict.raw if verdict else None,
+                    **_tile_field(tiles, proposals, i),
                 }
             )
             if status is Status.ACCEPTED:
@@ -665,6 +698,7 @@ def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> 
                         "proposal_id": int(proposals.data["proposal_id"][i]),
                         "reason": reason,
                         "answer": verdict.raw if verdict else None,
+                        **_tile_field(tiles, proposals, i),
                     }
                 )
         export = effective[np.asarray(accepted, dtype=np.int64)]
@@ -687,6 +721,93 @@ def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> 
                 )
             )
     return routed
+
+
+def _segment(
+    config: LabelConfig,
+    scan: _Scan,
+    workspace: Workspace,
+    routed: _Routed,
+    segmenter: Segmenter | None,
+    *,
+    route_only: bool,
+) -> MaskStats:
+    """A mask for every accepted box (effective box: a reviewer's edit is what is segmented),
+    from the workspace or the segmenter; each label record gains "mask" (COCO RLE). A mask that is
+    empty, covers little of its box or spills far outside it sends an automatically accepted box
+    to review with its reason (a reviewer's acceptance stands; its record notes the problem)."""
+    stats = MaskStats()
+    if config.masks is None:
+        return stats
+    spec = config.masks
+    key = mask_key(spec)
+    loaded: list[Segmenter] = [segmenter] if segmenter is not None else []
+
+    def get_segmenter() -> Segmenter:
+        if not loaded:
+            loaded.append(load_segmenter(spec))
+        return loaded[0]
+
+    rows = {row.proposal_id: i for i, row in enumerate(routed.rows)}
+    items = {item.sha256: i for i, item in enumerate(routed.items)}
+    for image in routed.images:
+        sha = image["image_sha256"]
+        accepted = [label for label in image["labels"] if label["status"] == Status.ACCEPTED.value]
+        if not accepted or sha not in items:
+            continue
+
+        def load_image(sha: str = sha) -> Image.Image | None:
+            if route_only:
+                return None  # no model in route-only runs: boxes without a stored mask keep none
+            decoded = _decode(sha, scan, config)
+            return decoded.image if isinstance(decoded, LoadedImage) else None
+
+        rles = image_masks(
+            boxes=[label["xyxy"] for label in accepted],
+            stored=workspace.get_masks(sha, key),
+            load_image=load_image,
+            segmenter=get_segmenter,
+            save=partial(workspace.save_masks, sha, key),
+            stats=stats,
+        )
+        keep = np.ones(len(accepted), dtype=bool)
+        for j, (label, rle) in enumerate(zip(accepted, rles, strict=True)):
+            label["mask"] = rle
+            if rle is None:
+                continue
+            problem = mask_problem(from_rle(rle), np.asarray(label["xyxy"]), config.mask_thresholds)
+            if problem is None:
+                continue
+            label["mask_problem"] = problem
+            if label["decided_by"] != "auto":
+                continue
+            stats.sent_to_review += 1
+            keep[j] = False
+            label["status"], label["reason"] = Status.NEEDS_REVIEW.value, problem
+            index = rows[label["proposal_id"]]
+            routed.rows[index] = replace(
+                routed.rows[index], status=Status.NEEDS_REVIEW.value, reason=problem
+            )
+            routed.review.append(
+                {
+                    "path": image["path"],
+                    "image_sha256": sha,
+                    **{k: label[k] for k in ("class_id", "class", "score", "xyxy")},
+                    "proposal_id": label["proposal_id"],
+                    "reason": problem,
+                    "answer": label["answer"],
+                    "mask": rle,
+                }
+            )
+        item = routed.items[items[sha]]
+        # The export's detections are the accepted labels in the same order (proposals, then
+        # reviewers' additions).
+        detections = item.detections[keep]
+        masks = np.empty(len(detections), dtype=object)
+        masks[:] = [rle for rle, k in zip(rles, keep, strict=True) if k]
+        detections.data["mask"] = masks
+        routed.items[items[sha]] = replace(item, detections=detections)
+    return stats
 
 
 def _added_boxes(
@@ -738,6 +859,7 @@ def run_label(
     verifier: Verifier | None = None,
     http_client: httpx.AsyncClient | None = None,
     route_only: bool = False,
+    segmenter: Segmenter | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a label job and return its report, also written to ``out_dir/report.json``.
 
@@ -765,6 +887,7 @@ def run_label(
             "verify_mode": config.verify_mode,
             "thresholds": asdict(config.thresholds),
             "val_fraction": config.val_fraction,
+            "masks": config.masks,
         }
         run_id = workspace.start_run(run_config)
 
@@ -790,6 +913,11 @@ def run_label(
 
         started = time.perf_counter()
         routed = _route(config, scan, workspace, key)
+        timings["route"] = time.perf_counter() - started
+        started = time.perf_counter()
+        mask_stats = _segment(config, scan, workspace, routed, segmenter, route_only=route_only)
+        timings["masks"] = time.perf_counter() - started
+        started = time.perf_counter()
         workspace.save_labels(run_id, routed.rows)
         timings["route"] = time.perf_counter() - started
 
@@ -839,6 +967,7 @@ def run_label(
                 for name, counts in per_class.items()
             },
             "verifier": asdict(verify_stats),
+            "masks": asdict(mask_stats) if config.masks else None,
             "timings_s": {stage: round(seconds, 3) for stage, seconds in timings.items()},
             "dataset": {
                 "path": str(config.out_dir),

@@ -116,6 +116,9 @@ class ServiceSettings(TrainSettings, LabelSettings):
     # The server of the verifiers that name none of their own.
     service_verifier_url: str | None = None
     service_train_bases: dict[str, str] = Field(default_factory=lambda: {"yolo11n": "yolo11n.pt"})
+    # Segmenters a labeling job's ``masks`` may name: name -> --masks spec (none offered unless
+    # the operator lists some, e.g. {"sam": "transformers:facebook/sam-vit-base"}).
+    service_segmenters: dict[str, str] = Field(default_factory=dict)
     service_device: str = "auto"
     lease_s: float = 60.0  # a worker that stops renewing its lease for this long loses the job
     poll_interval_s: float = 1.0

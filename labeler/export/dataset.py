@@ -7,6 +7,16 @@ Layout written under ``out_dir``::
     labels/{train,val}/<stem>-<sha256[:8]>.txt   YOLO rows: class_id cx cy w h, normalized
     annotations/instances_{train,val}.json     COCO
 
+Masks (a segmentation dataset): when any box carries a mask (``detections.data["mask"]``, one COCO
+RLE dict or None per box, in original-image pixels), every YOLO row is a polygon
+``class_id x1 y1 x2 y2 ...`` (normalized) and every COCO annotation has a ``segmentation``: see
+``labeler.export.masks``. A mask in several pieces is one YOLO polygon joined as Ultralytics joins
+them, and a list of polygons in COCO (``iscrowd`` 0: in COCO, 1 marks a crowd region that
+evaluation ignores, which no labeled object is); COCO ``bbox`` and ``area`` then come from the mask
+(pycocotools). A box without a mask, or whose mask has no piece of 3 or more outline points, is
+written as its box's four corners (logged), because Ultralytics drops every polygon of a dataset
+whose rows mix boxes and polygons. Mask holes are not kept.
+
 Conventions:
 
 - COCO ``category_id`` is 1-based: ``category_id = class_id + 1`` (COCO's own convention; many
@@ -59,6 +69,7 @@ from PIL import Image
 from labeler.core.detections import Detections
 from labeler.core.exceptions import ImageError, InputError
 from labeler.core.images import load_image
+from labeler.export import masks as mask_ops
 
 __all__ = [
     "DEFAULT_VAL_FRACTION",
@@ -141,6 +152,7 @@ class _Staged:
     image_wh: tuple[int, int]
     xyxy: npt.NDArray[np.float64]  # (n, 4) clipped, degenerate boxes dropped
     class_id: npt.NDArray[np.int64]  # (n,)
+    masks: list[Any]  # (n,) COCO RLE dict or None per kept box
 
 
 def _check_val_fraction(val_fraction: float) -> None:
@@ -304,8 +316,8 @@ def unwritable_reasons(xyxy: npt.ArrayLike, image_wh: tuple[int, int]) -> list[s
 
 def _boxes(
     item: ExportItem, image_wh: tuple[int, int], n_classes: int
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-    """Boxes clipped to the image, those ``writable_boxes`` rejects dropped."""
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64], list[Any]]:
+    """Boxes clipped to the image and their masks, those ``writable_boxes`` rejects dropped."""
     class_id = item.detections.class_id
     if len(class_id) and (class_id.min() < 0 or class_id.max() >= n_classes):
         raise ValueError(
@@ -313,7 +325,15 @@ def _boxes(
             f"but there are only {n_classes} class names"
         )
     xyxy, keep = writable_boxes(item.detections.xyxy, image_wh)
-    return xyxy[keep], class_id[keep]
+    masks = item.detections.data.get("mask")
+    kept_masks = [None] * int(keep.sum()) if masks is None else list(np.asarray(masks)[keep])
+    for rle in kept_masks:
+        if rle is not None:
+            try:
+                mask_ops.check_rle(rle, image_wh)
+            except mask_ops.MaskError as exc:
+                raise ValueError(f"export_dataset: {item.source_path}: {exc}") from None
+    return xyxy[keep], class_id[keep], kept_masks
 
 
 def _jpeg_end(data: bytes) -> int | None:
@@ -347,7 +367,7 @@ def _stage_image(
     header = _read_header(data, path)
     image_wh = _oriented_size(header)
     _check_size(item, image_wh)
-    xyxy, class_id = _boxes(item, image_wh, n_classes)
+    xyxy, class_id, kept_masks = _boxes(item, image_wh, n_classes)
 
     jpeg_end = _jpeg_end(data) if header.format == "JPEG" else len(data)
     needs_reencode = (
@@ -381,7 +401,14 @@ def _stage_image(
                 target.write_bytes(data)
         else:
             target.write_bytes(data[:jpeg_end])
-    return _Staged(item=item, file_name=file_name, image_wh=image_wh, xyxy=xyxy, class_id=class_id)
+    return _Staged(
+        item=item,
+        file_name=file_name,
+        image_wh=image_wh,
+        xyxy=xyxy,
+        class_id=class_id,
+        masks=kept_masks,
+    )
 
 
 def _assign_splits(staged: Sequence[_Staged], val_fraction: float) -> dict[str, Split]:
@@ -398,8 +425,31 @@ def _assign_splits(staged: Sequence[_Staged], val_fraction: float) -> dict[str, 
     return splits
 
 
-def _yolo_rows(staged: _Staged) -> str:
+def _pieces(entry: _Staged, index: int) -> list[mask_ops.Polygon]:
+    """Polygons of box ``index`` in a segmentation dataset: its mask's pieces, else its box."""
+    rle = entry.masks[index]
+    if rle is not None:
+        try:
+            return mask_ops.rle_to_polygons(rle)
+        except mask_ops.MaskError as exc:
+            logger.warning(
+                "export_dataset: %s box %d written as its box polygon: %s",
+                entry.item.source_path,
+                index,
+                exc,
+            )
+    return [mask_ops.box_polygon(entry.xyxy[index])]
+
+
+def _yolo_rows(staged: _Staged, segment: bool = False) -> str:
     width, height = staged.image_wh
+    if segment:
+        return "".join(
+            mask_ops.yolo_segment_row(
+                int(class_id), mask_ops.join_pieces(_pieces(staged, index)), staged.image_wh
+            )
+            for index, class_id in enumerate(staged.class_id)
+        )
     rows = []
     for (x1, y1, x2, y2), class_id in zip(staged.xyxy, staged.class_id, strict=True):
         cx, cy = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height
@@ -408,7 +458,9 @@ def _yolo_rows(staged: _Staged) -> str:
     return "".join(rows)
 
 
-def _coco(staged: Sequence[_Staged], class_names: Sequence[str]) -> dict[str, Any]:
+def _coco(
+    staged: Sequence[_Staged], class_names: Sequence[str], segment: bool = False
+) -> dict[str, Any]:
     """A COCO instances document; ``staged`` must already be in file-name order."""
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
@@ -421,18 +473,28 @@ def _coco(staged: Sequence[_Staged], class_names: Sequence[str]) -> dict[str, An
                 "height": entry.image_wh[1],
             }
         )
-        for (x1, y1, x2, y2), class_id in zip(entry.xyxy, entry.class_id, strict=True):
+        for index, ((x1, y1, x2, y2), class_id) in enumerate(
+            zip(entry.xyxy, entry.class_id, strict=True)
+        ):
             w, h = round(float(x2 - x1), 3), round(float(y2 - y1), 3)
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": int(class_id) + 1,
-                    "bbox": [round(float(x1), 3), round(float(y1), 3), w, h],
-                    "area": round(w * h, 3),
-                    "iscrowd": 0,
-                }
-            )
+            annotation: dict[str, Any] = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": int(class_id) + 1,
+                "bbox": [round(float(x1), 3), round(float(y1), 3), w, h],
+                "area": round(w * h, 3),
+                "iscrowd": 0,
+            }
+            if segment:
+                pieces = _pieces(entry, index)
+                annotation["segmentation"] = [
+                    [round(float(v), 3) for v in piece.reshape(-1)] for piece in pieces
+                ]
+                rle = entry.masks[index]
+                if rle is not None and len(pieces) and mask_ops.mask_area(rle) > 0:
+                    annotation["bbox"] = [round(v, 3) for v in mask_ops.mask_bbox_xywh(rle)]
+                    annotation["area"] = mask_ops.mask_area(rle)
+            annotations.append(annotation)
     return {
         "info": {"description": "promptlabel export", "version": "1"},
         "images": images,
@@ -534,6 +596,8 @@ def export_dataset(
         (staging / "annotations").mkdir()
         (staging / "annotations" / _MARKER).write_text(_MARKER_TEXT)
 
+        # One box with a mask makes the whole dataset a segmentation dataset (see the docstring).
+        segment = any(rle is not None for s in staged for rle in s.masks)
         images: dict[str, int] = dict.fromkeys(SPLITS, 0)
         boxes: dict[str, int] = dict.fromkeys(SPLITS, 0)
         background = 0
@@ -546,11 +610,11 @@ def export_dataset(
                 (pending_dir / entry.file_name).rename(staging / "images" / split / entry.file_name)
                 files[entry.item.sha256] = f"images/{split}/{entry.file_name}"
                 label_name = Path(entry.file_name).stem + ".txt"
-                (staging / "labels" / split / label_name).write_text(_yolo_rows(entry))
+                (staging / "labels" / split / label_name).write_text(_yolo_rows(entry, segment))
                 boxes[split] += len(entry.xyxy)
                 background += int(len(entry.xyxy) == 0)
             images[split] = len(in_split)
-            document = _coco(in_split, class_names)
+            document = _coco(in_split, class_names, segment)
             (staging / "annotations" / f"instances_{split}.json").write_text(
                 json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n",
                 encoding="utf-8",

@@ -3,10 +3,14 @@ reviewers' decisions.
 
 Out: ``label_studio_tasks`` turns a run's ``labels.jsonl`` into one task per image, with the
 image's boxes as a prediction (``rectanglelabels`` results in percent of the image), and
-``label_studio_config`` writes the matching labeling config. Each result's ``id`` is
-``pl-<proposal_id>``, and the task's ``data.promptlabel`` lists the boxes as they were shown
-(``proposal_id``, decision ``version``, class and pixel box), because Label Studio's JSON export
-gives predictions back as ids only.
+``label_studio_config`` writes the matching labeling config. A label with a ``mask`` (COCO RLE)
+also gets one ``polygonlabels`` result per piece of the mask (``points`` in percent, id
+``pl-<proposal_id>-mask-<k>``, control ``MASK_FROM_NAME``): Label Studio imports and exports
+polygons as plain points, where its brush masks use its own RLE, which only its converter writes.
+Polygons are shown for review; the import reads boxes only, so an edited polygon is not taken
+back. Each box result's ``id`` is ``pl-<proposal_id>``, and the task's ``data.promptlabel`` lists
+the boxes as they were shown (``proposal_id``, decision ``version``, class and pixel box), because
+Label Studio's JSON export gives predictions back as ids only.
 
 Back: ``import_label_studio`` reads a Label Studio JSON export (``exportType=JSON``) and turns the
 latest non-cancelled annotation of each task into decisions in the workspace, by diffing it
@@ -45,6 +49,7 @@ from labeler.store.workspace import Workspace
 __all__ = [
     "DEFAULT_STATUSES",
     "FROM_NAME",
+    "MASK_FROM_NAME",
     "MOVE_TOLERANCE_PX",
     "RESULT_ID_PREFIX",
     "TO_NAME",
@@ -60,6 +65,7 @@ __all__ = [
 ]
 
 FROM_NAME = "label"  # the RectangleLabels control of the config
+MASK_FROM_NAME = "mask"  # the PolygonLabels control of the config, when masks are shown
 TO_NAME = "image"  # the Image object of the config, and the task's data key holding its URL
 RESULT_ID_PREFIX = "pl-"  # result ids are "pl-<proposal_id>"
 DEFAULT_STATUSES = ("accepted", "needs_review")
@@ -135,10 +141,11 @@ def _clip(xyxy: Sequence[float], image_wh: Sequence[float]) -> Box:
 # -- out: config and tasks -------------------------------------------------------------------------
 
 
-def label_studio_config(class_names: Sequence[str]) -> str:
+def label_studio_config(class_names: Sequence[str], *, masks: bool = False) -> str:
     """The labeling config for ``label_studio_tasks``' tasks: an ``Image`` named ``image`` and a
-    ``RectangleLabels`` named ``label`` with one ``Label`` per class, in class-id order. Class
-    names are escaped by the XML writer, so any name XML can hold is safe."""
+    ``RectangleLabels`` named ``label`` with one ``Label`` per class, in class-id order (with
+    ``masks``, also a ``PolygonLabels`` named ``mask`` with the same labels). Class names are
+    escaped by the XML writer, so any name XML can hold is safe."""
     names = list(class_names)
     if not names:
         raise InputError("the labeling config needs at least one class name")
@@ -149,9 +156,11 @@ def label_studio_config(class_names: Sequence[str]) -> str:
         raise InputError(f"class names must be distinct for Label Studio, got {names}")
     view = ElementTree.Element("View")
     ElementTree.SubElement(view, "Image", {"name": TO_NAME, "value": f"${TO_NAME}"})
-    labels = ElementTree.SubElement(view, "RectangleLabels", {"name": FROM_NAME, "toName": TO_NAME})
-    for name in names:
-        ElementTree.SubElement(labels, "Label", {"value": name})
+    controls = [("RectangleLabels", FROM_NAME)] + ([("PolygonLabels", MASK_FROM_NAME)] * masks)
+    for tag, control_name in controls:
+        labels = ElementTree.SubElement(view, tag, {"name": control_name, "toName": TO_NAME})
+        for name in names:
+            ElementTree.SubElement(labels, "Label", {"value": name})
     return ElementTree.tostring(view, encoding="unicode")
 
 
@@ -301,6 +310,8 @@ def label_studio_tasks(
                     "score": confidence,
                 }
             )
+            if label.get("mask") is not None:
+                results.extend(_mask_results(label, proposal_id, image_wh, confidence))
         sha = record["image_sha256"]
         tasks.append(
             {
@@ -322,6 +333,40 @@ def label_studio_tasks(
             }
         )
     return tasks
+
+
+def _mask_results(
+    label: Mapping[str, Any], proposal_id: int, image_wh: Sequence[int], confidence: float
+) -> list[dict[str, Any]]:
+    """One ``polygonlabels`` result per piece of the label's mask, points in percent."""
+    from labeler.export import masks as mask_ops
+
+    try:
+        pieces = mask_ops.rle_to_polygons(
+            mask_ops.check_rle(label["mask"], (int(image_wh[0]), int(image_wh[1])))
+        )
+    except mask_ops.MaskError as error:
+        raise InputError(f"labels.jsonl: proposal {proposal_id}: mask: {error}") from None
+    width, height = image_wh
+    return [
+        {
+            "id": f"{RESULT_ID_PREFIX}{proposal_id}-mask-{k}",
+            "type": "polygonlabels",
+            "from_name": MASK_FROM_NAME,
+            "to_name": TO_NAME,
+            "original_width": int(width),
+            "original_height": int(height),
+            "image_rotation": 0,
+            "value": {
+                "points": [
+                    [round(100.0 * x / width, 4), round(100.0 * y / height, 4)] for x, y in piece
+                ],
+                "polygonlabels": [label["class"]],
+            },
+            "score": confidence,
+        }
+        for k, piece in enumerate(pieces)
+    ]
 
 
 # -- back: an export as decisions ------------------------------------------------------------------

@@ -467,9 +467,22 @@ class Detector:
         ``data["box_score"]`` is the detector's box score; ``metadata["image_wh"]`` is (w, h).
         Images go through the model ``options.batch_size`` at a time, one forward pass per batch
         for all phrases (more only when a Grounding DINO prompt must be split, see
-        ``_encode_text_grounding_dino``).
+        ``_encode_text_grounding_dino``). With ``options.tile_px`` each image is also proposed
+        on tiles and the boxes merged (``labeler.propose.tiling.propose_tiled``); then
+        ``data["tile_index"]`` and ``data["tile_xyxy"]`` say which tile found each box.
         """
         plan = self._plan(ontology)
+        if self.options.tile_px is not None:
+            from labeler.propose.tiling import propose_tiled
+
+            return propose_tiled(
+                images,
+                lambda batch: self._propose_batch(batch, plan),
+                tile_px=self.options.tile_px,
+                overlap=self.options.tile_overlap,
+                batch_size=self.options.batch_size,
+                max_det=self.options.max_det,
+            )
         results: list[Detections] = []
         step = self.options.batch_size
         for start in range(0, len(images), step):
@@ -494,6 +507,8 @@ class Detector:
             # Grounding DINO's features slightly, so the batch size matters too.
             "batch_size": self.options.batch_size,
             "phrase_score": self._family.phrase_score,
+            "tile_px": self.options.tile_px,
+            "tile_overlap": self.options.tile_overlap if self.options.tile_px else None,
         }
 
     def _plan(self, ontology: Ontology) -> _Plan:

@@ -27,6 +27,10 @@ class DetectorOptions:
     device: str = "auto"  # "auto": cuda if available else cpu; "cpu", "cuda", "cuda:1"
     dtype: str = "auto"  # "auto": float16 on cuda, float32 on cpu; or one of DTYPE_NAMES
     batch_size: int = 4
+    # Small objects: also run on overlapping tile_px squares (None: whole image only); see
+    # labeler.propose.tiling.
+    tile_px: int | None = None
+    tile_overlap: float = 0.2
 
     def __post_init__(self) -> None:
         problems = []
@@ -38,6 +42,12 @@ class DetectorOptions:
             problems.append(f"max_det must be >= 1, got {self.max_det}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.tile_px is not None and self.tile_px < 32:
+            problems.append(f"tile_px (--tile) must be at least 32 pixels, got {self.tile_px}")
+        if not 0.0 <= self.tile_overlap < 0.9:
+            problems.append(
+                f"tile_overlap (--tile-overlap) must be within [0, 0.9), got {self.tile_overlap}"
+            )
         if self.dtype != "auto" and self.dtype not in DTYPE_NAMES:
             problems.append(
                 f"dtype must be auto or one of {', '.join(DTYPE_NAMES)}: {self.dtype!r}"

@@ -33,8 +33,9 @@ __all__ = ["FileRecord", "LabelRow", "StoredVerdict", "Workspace"]
 # v1 files gain the tables.
 # v3: the review queue table, kept by triggers, and each run's label counts (labeler.store.
 # decisions); v2 files gain both, filled for their latest run.
-SCHEMA_VERSION = 3
-_MIGRATIONS: dict[int, tuple[str, ...]] = {1: (), 2: REVIEW_QUEUE_MIGRATION}
+# v4: the masks table (labeler.segment), created for v3 files by the schema itself.
+SCHEMA_VERSION = 4
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: (), 2: REVIEW_QUEUE_MIGRATION, 3: ()}
 DB_NAME = "workspace.db"
 
 _SCHEMA = (
@@ -70,6 +71,13 @@ _SCHEMA = (
     box_score REAL NOT NULL,
     UNIQUE (image_sha256, propose_key, idx)
 )""",
+    # Which tile of a tiled run found a proposal (labeler.propose.tiling; tile_index -1: the
+    # whole image). A table of its own, so untiled workspaces and older readers are unchanged.
+    """CREATE TABLE IF NOT EXISTS proposal_tiles (
+    proposal_id INTEGER PRIMARY KEY REFERENCES proposals(id),
+    tile_index INTEGER NOT NULL,
+    x1 INTEGER NOT NULL, y1 INTEGER NOT NULL, x2 INTEGER NOT NULL, y2 INTEGER NOT NULL
+)""",
     """CREATE TABLE IF NOT EXISTS verdicts (
     cache_key TEXT PRIMARY KEY,
     answer TEXT NOT NULL,
@@ -97,6 +105,16 @@ _SCHEMA = (
     reason TEXT NOT NULL,
     verdict_key TEXT,
     PRIMARY KEY (run_id, proposal_id)
+)""",
+    # One mask per image, box (rounded xyxy) and mask key (segmenter spec and options), as RLE.
+    """CREATE TABLE IF NOT EXISTS masks (
+    image_sha256 TEXT NOT NULL,
+    box TEXT NOT NULL,
+    mask_key TEXT NOT NULL,
+    rle TEXT NOT NULL,
+    iou REAL NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (image_sha256, box, mask_key)
 )""",
     *DECISION_SCHEMA,
     *REVIEW_QUEUE_SCHEMA,
@@ -248,6 +266,16 @@ class Workspace(HumanDecisions, SpotChecks, SqliteFile):
                 "class_name, x1, y1, x2, y2, score, box_score) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 rows,
             )
+            if "tile_index" in detections.data:
+                tiles = detections.data["tile_xyxy"]
+                db.executemany(
+                    "INSERT INTO proposal_tiles SELECT id, ?, ?, ?, ?, ? FROM proposals "
+                    "WHERE image_sha256=? AND propose_key=? AND idx=?",
+                    [
+                        (int(index), *(int(v) for v in tiles[i]), image_sha256, propose_key, i)
+                        for i, index in enumerate(detections.data["tile_index"])
+                    ],
+                )
             db.execute(
                 "INSERT OR REPLACE INTO proposal_sets VALUES (?, ?, ?, ?)",
                 (image_sha256, propose_key, len(rows), _now()),
@@ -278,6 +306,20 @@ class Workspace(HumanDecisions, SpotChecks, SqliteFile):
             },
         )
 
+    def proposal_tiles(self, proposal_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """``{proposal_id: {"index": i, "xyxy": [x1, y1, x2, y2]}}`` for proposals of a tiled run
+        (index -1: found on the whole image); proposals of untiled runs are absent."""
+        wanted = [int(i) for i in proposal_ids]
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        rows = self._db.execute(
+            f"SELECT proposal_id, tile_index, x1, y1, x2, y2 FROM proposal_tiles "
+            f"WHERE proposal_id IN ({marks})",
+            wanted,
+        ).fetchall()
+        return {row[0]: {"index": row[1], "xyxy": list(row[2:])} for row in rows}
+
     # -- verdicts (the verifier cache) ------------------------------------------------------------
 
     def get_verdicts(self, cache_keys: Iterable[str]) -> dict[str, StoredVerdict]:
@@ -303,6 +345,31 @@ class Workspace(HumanDecisions, SpotChecks, SqliteFile):
                 "INSERT OR REPLACE INTO verdicts VALUES (:cache_key, :answer, :yes_prob, :raw, "
                 ":error, :model_id, :template_id, :template_hash, :mode, :question, :created_at)",
                 [{**row, "created_at": _now()} for row in rows],
+            )
+
+    # -- masks (the segmenter cache) --------------------------------------------------------------
+
+    def get_masks(self, image_sha256: str, mask_key: str) -> dict[str, dict[str, Any]]:
+        """Stored masks of one image under ``mask_key``: box text -> RLE dict."""
+        return {
+            box: json.loads(rle)
+            for box, rle in self._db.execute(
+                "SELECT box, rle FROM masks WHERE image_sha256=? AND mask_key=?",
+                (image_sha256, mask_key),
+            )
+        }
+
+    def save_masks(
+        self, image_sha256: str, mask_key: str, rows: Sequence[tuple[str, dict[str, Any], float]]
+    ) -> None:
+        """Store (box text, RLE dict, predicted IoU) rows of one image."""
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO masks VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (image_sha256, box, mask_key, json.dumps(rle), float(iou), _now())
+                    for box, rle, iou in rows
+                ],
             )
 
     # -- runs and routed labels -------------------------------------------------------------------
@@ -350,6 +417,7 @@ class Workspace(HumanDecisions, SpotChecks, SqliteFile):
             "proposals",
             "proposal_sets",
             "verdicts",
+            "masks",
             "runs",
             "labels",
             "decisions",

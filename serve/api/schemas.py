@@ -153,10 +153,18 @@ class LabelJobCreate(_In):
     text_threshold: float = Field(default=_DETECTOR.text_threshold, ge=0, le=1)
     max_det: int = Field(default=_DETECTOR.max_det, ge=1, le=1000)
     nms_iou: float = Field(default=_DETECTOR.nms_iou, ge=0, le=1)
+    tile: int | None = Field(
+        default=None, ge=32, description="Also detect on overlapping tiles of this many pixels."
+    )
+    tile_overlap: float = Field(default=_DETECTOR.tile_overlap, ge=0, lt=0.9)
     accept_threshold: float = Field(default=_ROUTE.accept, ge=0, le=1)
     reject_threshold: float = Field(default=_ROUTE.reject, ge=0, le=1)
     review_below_score: float = Field(default=_ROUTE.review_below_score, ge=0, le=1)
     val_fraction: float = Field(default=DEFAULT_VAL_FRACTION, ge=0, lt=1)
+    masks: str | None = Field(
+        default=None,
+        description="A segmenter name the server offers: a mask per accepted box; null: none.",
+    )
 
 
 class TrainJobCreate(_In):
@@ -287,6 +295,14 @@ class ServiceOptions(BaseModel):
     )
 
 
+class MaskRle(BaseModel):
+    """COCO RLE: ``size`` is ``[height, width]``, ``counts`` the run lengths over the
+    column-major pixels, zeros first (pycocotools' ``frPyObjects`` reads it)."""
+
+    size: tuple[int, int]
+    counts: list[int]
+
+
 class DetectionPublic(BaseModel):
     """One box: the record ``labeler.core.detections.as_records`` makes, the same that
     ``promptlabel predict --json`` prints and ``labels.jsonl`` holds. ``class_name`` is read and
@@ -298,6 +314,11 @@ class DetectionPublic(BaseModel):
     xyxy: tuple[float, float, float, float] = Field(
         description="Left, top, right, bottom in pixels of the image (EXIF orientation applied), "
         "to 0.01 px."
+    )
+    mask: MaskRle | None = Field(
+        default=None,
+        description="Segmentation models only (absent otherwise): the instance mask as COCO "
+        "uncompressed RLE in pixels of the image.",
     )
 
 

@@ -48,7 +48,13 @@ def print_report(report: dict[str, Any]) -> None:
         f"{len(images['failed'])} failed, {images['with_accepted_boxes']} with accepted boxes\n"
         f"verifier: {verifier['calls']} calls, {verifier['cache_hits']} cache hits, "
         f"{verifier['errors']} errors\n"
-        f"timings: {timings}\n"
+        + (
+            f"masks: {report['masks']['computed']} computed, {report['masks']['cached']} cached, "
+            f"{report['masks']['sent_to_review']} sent to review\n"
+            if report.get("masks")
+            else ""
+        )
+        + f"timings: {timings}\n"
         f"dataset: {report['dataset']['path']} (data.yaml, report.json, review.json)",
         highlight=False,
     )
@@ -149,6 +155,25 @@ def label(
             help="Share of images in the val split.", show_default=_default("val_fraction")
         ),
     ] = None,
+    tile: Annotated[
+        int | None,
+        typer.Option(
+            help="Small objects: also detect on overlapping TILE-px squares of each image.",
+            show_default="off",
+        ),
+    ] = None,
+    tile_overlap: Annotated[
+        float, typer.Option(help="Overlap of neighbouring tiles, within [0, 0.9).")
+    ] = 0.2,
+    masks: Annotated[
+        str | None,
+        typer.Option(
+            "--masks",
+            help="A mask per accepted box from a promptable segmenter: transformers:ID_OR_PATH "
+            "(SAM, SAM-HQ; e.g. transformers:facebook/sam-vit-base).",
+            show_default="off",
+        ),
+    ] = None,
     workspace: Annotated[
         Path | None, typer.Option(help="Workspace folder (default: OUT/.promptlabel).")
     ] = None,
@@ -198,6 +223,8 @@ def label(
                 nms_iou=settings.nms_iou,
                 device=settings.device,
                 batch_size=settings.batch_size,
+                tile_px=tile,
+                tile_overlap=tile_overlap,
             ),
             verifier=settings.verifier,
             verifier_url=settings.verifier_url,
@@ -213,6 +240,7 @@ def label(
             val_fraction=settings.val_fraction,
             max_image_pixels=settings.max_image_pixels,
             workspace_dir=workspace,
+            masks=masks,
         )
         with make_progress() as progress:
             report = run_label(config, progress=RichProgressSink(progress))

@@ -87,12 +87,21 @@ def export_command(
         )
         out.write_text(json.dumps(tasks, indent=1) + "\n")
         if config_out is not None:
-            config_out.write_text(label_studio_config(dataset_class_names(dataset_dir)) + "\n")
+            with_masks = any(
+                r["type"] == "polygonlabels"
+                for t in tasks
+                for p in t["predictions"]
+                for r in p["result"]
+            )
+            config = label_studio_config(dataset_class_names(dataset_dir), masks=with_masks)
+            config_out.write_text(config + "\n")
     except PromptlabelError as error:
         raise fail(str(error)) from None
     except OSError as error:
         raise fail(f"{error.filename}: cannot write ({error.strerror})") from None
-    boxes = sum(len(p["result"]) for task in tasks for p in task["predictions"])
+    boxes = sum(
+        r["type"] == "rectanglelabels" for t in tasks for p in t["predictions"] for r in p["result"]
+    )
     console.print(f"{len(tasks)} tasks, {boxes} boxes -> {out}", highlight=False)
 
 

@@ -206,6 +206,8 @@ def submit_label_job(
     """Queue a labeling job; returns the job and whether it was created (False: a replay)."""
     _choose(request.detector, settings.service_detectors, "detector")
     _choose(request.verifier, settings.service_verifiers, "verifier")
+    if request.masks is not None:
+        _choose(request.masks, settings.service_segmenters, "masks")
     if request.reject_threshold > request.accept_threshold:
         raise InputError(
             f"reject_threshold ({request.reject_threshold}) must not be above "

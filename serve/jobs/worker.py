@@ -283,6 +283,8 @@ def label_job_config(
         nms_iou=request.nms_iou,
         device=settings.service_device,
         batch_size=settings.batch_size,
+        tile_px=request.tile,
+        tile_overlap=request.tile_overlap,
     )
     if with_api_key:
         chosen = settings.resolve_verifier(request.verifier)  # its own server and key
@@ -310,6 +312,7 @@ def label_job_config(
         val_fraction=request.val_fraction,
         max_image_pixels=settings.max_image_pixels,
         workspace_dir=folder / "workspace",
+        masks=settings.service_segmenters[request.masks] if request.masks else None,
     )
 
 

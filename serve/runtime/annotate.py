@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
 from labeler.core.detections import Detections
@@ -17,11 +19,36 @@ _PALETTE = (
 )  # fmt: skip
 
 
+_MASK_ALPHA = 0.4
+
+
+def _eroded(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Pixels whose four neighbours are all in ``mask`` (the image border counts as outside)."""
+    inner = np.zeros_like(mask)
+    inner[1:-1, 1:-1] = (
+        mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+    )
+    return inner
+
+
 def draw_detections(
     image: Image.Image, detections: Detections, names: Sequence[str]
 ) -> Image.Image:
-    """A copy of ``image`` with each box outlined and labelled ``name score``."""
+    """A copy of ``image`` with each box outlined and labelled ``name score``.
+
+    Segmentation detections (``data["mask"]``, boolean ``(n, h, w)``) also get their mask drawn:
+    a translucent fill in the class colour and a 1-pixel outline.
+    """
     canvas = image.convert("RGB")
+    masks = detections.data.get("mask")
+    if masks is not None and len(masks):
+        pixels = np.asarray(canvas).astype(np.float32)
+        for mask, class_id in zip(masks, detections.class_id, strict=True):
+            tint = np.array(_PALETTE[int(class_id) % len(_PALETTE)], np.float32)
+            pixels[mask] = pixels[mask] * (1 - _MASK_ALPHA) + tint * _MASK_ALPHA
+            edge = mask & ~_eroded(mask)
+            pixels[edge] = tint
+        canvas = Image.fromarray(pixels.round().astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(canvas)
     line_px = max(2, round(min(canvas.size) / 300))
     font = ImageFont.load_default(size=max(12, round(min(canvas.size) / 40)))

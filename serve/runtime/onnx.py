@@ -59,6 +59,7 @@ from labeler.core.images import (
     to_rgb,
 )
 from serve.runtime.defaults import DEFAULT_CONF, DEFAULT_IOU, DEFAULT_MAX_DET
+from serve.runtime.segment import instance_masks
 
 __all__ = [
     "MAX_WH",
@@ -367,7 +368,10 @@ def non_max_suppression(
     return result
 
 
-_Decoded = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int64]]
+# xyxy, scores, class ids and the mask coefficients of each kept box ((n, 0) for detect models).
+_Decoded = tuple[
+    npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[Any]
+]
 
 
 def _decode_anchors(
@@ -392,7 +396,8 @@ def _decode_anchors(
     half = prediction[2:4, candidates].T.astype(np.float32) / np.float32(2)
     xyxy = np.concatenate([centre - half, centre + half], axis=1)
     keep = non_max_suppression(xyxy, scores, class_id, iou=iou, max_det=max_det, agnostic=agnostic)
-    return xyxy[keep], scores[keep], class_id[keep]
+    coeffs = prediction[4 + num_classes :, candidates[keep]].T
+    return xyxy[keep], scores[keep], class_id[keep], coeffs
 
 
 def _decode_end2end(
@@ -401,7 +406,7 @@ def _decode_end2end(
     """``(n, 6)`` rows ``x1, y1, x2, y2, score, class`` of a graph that already ran NMS."""
     keep = np.flatnonzero(prediction[:, 4] > conf)[:max_det]
     rows = prediction[keep].astype(np.float32)
-    return rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64)
+    return rows[:, :4], rows[:, 4], rows[:, 5].astype(np.int64), rows[:, 6:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -508,6 +513,8 @@ class OnnxDetector:
         self.iou = iou
         self.max_det = max_det
         self.agnostic = agnostic
+        # A segment export adds (batch, nm, mh, mw) prototypes; masks come in ``data["mask"]``.
+        self.segment = metadata.task == "segment"
         model_input = session.get_inputs()[0]
         self._input_name = model_input.name
         self._input_dtype = _FLOAT_TYPES[model_input.type]
@@ -612,11 +619,19 @@ class OnnxDetector:
                 casting="unsafe",
             )
         batch[len(group) :].fill(0)
-        output = self.session.run(None, {self._input_name: batch})[0]
-        return [self._postprocess(output[slot], item.geometry) for slot, item in enumerate(group)]
+        outputs = self.session.run(None, {self._input_name: batch})
+        output = outputs[0]
+        protos = outputs[1] if self.segment else None
+        return [
+            self._postprocess(output[slot], item.geometry, None if protos is None else protos[slot])
+            for slot, item in enumerate(group)
+        ]
 
     def _postprocess(
-        self, prediction: npt.NDArray[np.floating[Any]], geometry: LetterboxGeometry
+        self,
+        prediction: npt.NDArray[np.floating[Any]],
+        geometry: LetterboxGeometry,
+        protos: npt.NDArray[np.floating[Any]] | None = None,
     ) -> Detections:
         num_classes = len(self.names)
         if self.metadata.end2end:
@@ -625,7 +640,7 @@ class OnnxDetector:
                     f"{self.path}: an end-to-end model must output (batch, n, 6) rows, "
                     f"got (batch, {', '.join(map(str, prediction.shape))})"
                 )
-            xyxy, scores, class_id = _decode_end2end(
+            xyxy, scores, class_id, coeffs = _decode_end2end(
                 prediction, conf=self.conf, max_det=self.max_det
             )
         else:
@@ -635,7 +650,7 @@ class OnnxDetector:
                     f"(batch, {4 + num_classes}, anchors), got "
                     f"(batch, {', '.join(map(str, prediction.shape))})"
                 )
-            xyxy, scores, class_id = _decode_anchors(
+            xyxy, scores, class_id, coeffs = _decode_anchors(
                 prediction,
                 num_classes,
                 conf=self.conf,
@@ -643,10 +658,29 @@ class OnnxDetector:
                 max_det=self.max_det,
                 agnostic=self.agnostic,
             )
+        if protos is None:
+            return Detections(
+                xyxy=geometry.to_original(xyxy),
+                class_id=class_id,
+                confidence=scores,
+                metadata={"image_wh": geometry.image_wh},
+            )
+        masks, present = instance_masks(
+            protos,
+            coeffs[:, : protos.shape[0]],
+            xyxy,
+            input_hw=geometry.input_hw,
+            resized_wh=geometry.resized_wh,
+            left=geometry.left,
+            top=geometry.top,
+            image_wh=geometry.image_wh,
+        )
+        # As SegmentationPredictor: boxes whose mask is empty at input resolution are dropped.
         return Detections(
-            xyxy=geometry.to_original(xyxy),
-            class_id=class_id,
-            confidence=scores,
+            xyxy=geometry.to_original(xyxy[present]),
+            class_id=class_id[present],
+            confidence=scores[present],
+            data={"mask": masks[present]},
             metadata={"image_wh": geometry.image_wh},
         )
 
@@ -751,10 +785,15 @@ def load_runtime(
             f"({type(exc).__name__}: {str(exc).strip()[:200]})"
         ) from None
     metadata = parse_metadata(session.get_modelmeta().custom_metadata_map, source=source)
-    if metadata.task != "detect":
+    if metadata.task not in ("detect", "segment"):
         raise ModelLoadError(
             f"{source}: the model's task is {metadata.task!r}; the device runtime runs detect "
-            "models only"
+            "and segment models only"
+        )
+    if metadata.task == "segment" and len(session.get_outputs()) < 2:
+        raise ModelLoadError(
+            f"{source}: a segment model must have two outputs (rows and mask prototypes), got "
+            f"{len(session.get_outputs())}"
         )
     inputs = session.get_inputs()
     if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].type not in _FLOAT_TYPES:

@@ -38,8 +38,12 @@ def build_student(
     calibration_imgsz: int = 256,
     class_bias: float = -3.0,
     seed: int = 0,
+    config_name: str = "yolo11n.yaml",
 ) -> Path:
-    """A yolo11n (``names`` classes) with calibrated BatchNorm, saved as ``out_dir/student.pt``."""
+    """A yolo11n (``names`` classes) with calibrated BatchNorm, saved as ``out_dir/student.pt``.
+
+    ``config_name="yolo11n-seg.yaml"`` builds a segmentation student the same way.
+    """
     import torch
     import yaml
     from ultralytics.nn.tasks import yaml_model_load
@@ -47,10 +51,10 @@ def build_student(
     from labeler.demo.synthetic import make_shapes_image
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = yaml_model_load("yolo11n.yaml")
+    config = yaml_model_load(config_name)
     config["nc"] = len(names)
     # Ultralytics reads the model scale (n) from the file name.
-    config_path = out_dir / "yolo11n.yaml"
+    config_path = out_dir / config_name
     config_path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
     torch.manual_seed(seed)
     model = _yolo()(str(config_path))

@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect
 
-from labeler.core.detections import as_records
 from labeler.core.exceptions import ImageError, InputError, ModelLoadError
 from serve.api.deps import CurrentSettings, Db, ProjectId, run_in_app_pool
 from serve.api.schemas import ModelPublic, PredictResult, PromotionPublic, error_responses
@@ -26,6 +25,7 @@ from serve.jobs.service import without_data_dir
 from serve.jobs.worker import registry_dir
 from serve.runtime.defaults import DEFAULT_CONF
 from serve.runtime.onnx import OnnxDetector, load_runtime, read_image_bytes
+from serve.runtime.segment import records_with_masks
 from serve.settings import ServiceSettings
 
 if TYPE_CHECKING:
@@ -334,11 +334,12 @@ async def predict(
             {
                 "model_version": version,
                 "image_wh": image.size,
-                "detections": as_records(kept, detector.names),
+                "detections": records_with_masks(kept, detector.names),
             }
         )
         return Response(
-            result.model_dump_json(by_alias=True),
+            # exclude_none: detection models' boxes carry no "mask" key at all.
+            result.model_dump_json(by_alias=True, exclude_none=True),
             media_type="application/json",
             headers={"Server-Timing": f"runtime;dur={runtime_ms:.2f}"},
         )

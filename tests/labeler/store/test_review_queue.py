@@ -306,7 +306,7 @@ def test_a_version_2_workspace_gains_the_queue_table_and_keeps_its_decisions(
         version = migrated._db.execute(
             "SELECT value FROM meta WHERE key='schema_version'"
         ).fetchone()[0]
-        assert int(version) == SCHEMA_VERSION == 3
+        assert int(version) == SCHEMA_VERSION >= 3
         assert migrated.human_states() == states
         assert {pid: migrated.decision_history(pid) for pid in history} == history
         assert _queue_table(migrated) == _queue_by_definition(migrated, generated.latest_run)

@@ -78,6 +78,23 @@ def test_predict_runs_on_the_base_install(
     assert sum(expected) > 0
 
 
+def test_predict_collect_runs_on_the_base_install(
+    base_venv: Path, students: Students, sample_images: list[Path], tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("min_detections: 1000\nduplicate_distance: -1\n")
+    result = run_base(
+        base_venv, "predict", str(students.static), *map(str, sample_images[:3]), "--json",
+        "--conf", "0.05", "--collect", str(tmp_path / "outbox"), "--policy", str(policy),
+        "--device-name", "cam-1", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "collected 3 hard cases" in result.stderr
+    manifests = sorted((tmp_path / "outbox").glob("*-*.json"))
+    assert len(manifests) == 3
+    assert json.loads(manifests[0].read_text())["device"] == "cam-1"
+
+
 @pytest.fixture
 def inputs(tmp_path: Path) -> Path:
     """An ontology, a folder with one image, a dataset folder and weights: enough for each command

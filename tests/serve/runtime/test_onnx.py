@@ -460,12 +460,12 @@ def test_a_model_of_another_task_is_refused(students: Students, tmp_path: Path) 
     model = onnx.load(str(students.static))
     for prop in model.metadata_props:
         if prop.key == "task":
-            prop.value = "segment"
-    segment = tmp_path / "segment.onnx"
-    onnx.save(model, str(segment))
-    with pytest.raises(ModelLoadError, match="task is 'segment'") as caught:
-        load_runtime(segment)
-    assert str(segment) in str(caught.value)
+            prop.value = "pose"
+    pose = tmp_path / "pose.onnx"
+    onnx.save(model, str(pose))
+    with pytest.raises(ModelLoadError, match="task is 'pose'") as caught:
+        load_runtime(pose)
+    assert str(pose) in str(caught.value)
 
 
 def test_load_errors_name_the_file(students: Students, tmp_path: Path) -> None:
