@@ -130,6 +130,8 @@
 
   async function openReview() {
     show("review");
+    $("mode-button").hidden = false;
+    $("export-button").hidden = false;
     const summary = await api(`${state.apiBase}/summary`);
     if (!summary.ok) return notice(detail(summary.payload), true);
     state.classes = summary.payload.classes;
@@ -274,6 +276,7 @@
     if (!item) {
       delete document.body.dataset.item;
       delete document.body.dataset.image;
+      clearDetails();
       imageLayer.destroyChildren();
       transformer.remove(); // kept: destroyChildren would destroy its handles
       boxLayer.destroyChildren();
@@ -335,6 +338,16 @@
     context.fillStyle = "#333";
     context.fillRect(0, 0, canvas.width, canvas.height);
     context.drawImage(image, sx, sy, sw, sh, 0, 0, sw * fit, sh * fit);
+  }
+
+  function clearDetails() {
+    // Nothing on screen: no earlier item's crop or evidence either (spot checks are blind).
+    const canvas = $("crop");
+    canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+    for (const id of ["item-class", "item-question", "item-answer", "item-yes", "item-score", "item-reason"]) {
+      $(id).textContent = "";
+    }
+    $("evidence").hidden = state.kind === "spot";
   }
 
   function showDetails(item) {
@@ -549,7 +562,9 @@
     $("spot-report").textContent = [
       `Precision of auto-accepted labels: ${share(report.precision)}`,
       `from ${report.precision.checked} checks` +
-        (more == null ? "" : `; ${more} more to ±${(100 * report.target_half_width).toFixed(0)}%`),
+        (more == null || !report.precision.checked
+          ? ""
+          : `; ${more} more to ±${(100 * report.target_half_width).toFixed(0)}%`),
       `Auto-rejected labels that were correct: ${share(report.rejected_share_correct)}`,
       `${report.checks.pending} checks waiting`,
     ].join("\n");
