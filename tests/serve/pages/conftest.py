@@ -30,7 +30,9 @@ def chromium_path() -> str | None:
     return CHROMIUM if os.path.exists(CHROMIUM) else shutil.which(CHROMIUM)
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API keeps an event loop running in the main
+# thread while it is started, and tests that run later in the session start their own there.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if chromium_path() is None:
         if os.environ.get("PROMPTLABEL_REQUIRE_BROWSER"):
