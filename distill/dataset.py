@@ -66,7 +66,7 @@ IMAGE_SUFFIXES = frozenset(
     }
 )
 REQUIRED_SPLITS = ("train", "val")
-OPTIONAL_SPLITS = ("test",)
+OPTIONAL_SPLITS = ("test", "hard_cases")  # hard_cases: a dataset version's (held out in val)
 _BOX_VALUES = 5  # class cx cy w h
 _MIN_POLYGON_VALUES = 7  # class and three points
 

@@ -10,6 +10,14 @@ covers, so an edited label is scored as edited. A COCO JSON beside them (``annot
 read: after such an edit it would be stale. Boxes are scored with ``COCOeval`` ("bbox"),
 ``maxDets`` raised to ``max_det`` so no prediction is cut.
 
+Segmentation students on a split with polygon labels are also scored on their masks
+(``COCOeval`` "segm", the ``mask_*`` fields): each ground-truth polygon is rasterised at the
+image's size (``pycocotools.mask.frPyObjects``, then ``merge``; a plain box row in such a split
+counts as its rectangle), and predicted masks come at the original image's resolution
+(Ultralytics' ``retina_masks=True``) as RLE (``pycocotools.mask.encode``). Mask AP compares
+pixels, not extents, so a mask in the right box but the wrong shape scores low there while its
+box still scores high.
+
 How this differs from Ultralytics' own validator (``model.val``):
 
 - AP: COCO averages the interpolated precision at 101 recall points (a step function), Ultralytics
@@ -36,7 +44,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -47,7 +55,9 @@ from distill.ultralytics_env import load_yolo, quiet_ultralytics, ultralytics_de
 from labeler.core.detections import Detections, from_ultralytics
 from labeler.core.exceptions import InputError
 
-__all__ = ["EvalResult", "evaluate", "score_detections"]
+__all__ = ["EvalResult", "evaluate", "mask_rles", "score_detections"]
+
+IouType = Literal["bbox", "segm"]
 
 
 _EXIF_ORIENTATION_TAG = 0x0112
@@ -59,7 +69,10 @@ class EvalResult:
     """mAP over classes with ground truth, per-class metrics, and measured speed.
 
     ``per_class`` maps each class that has ground truth in the split to ``precision``, ``recall``
-    (at ``conf_threshold``), ``map50``, ``map50_95`` and ``instances``.
+    (at ``conf_threshold``), ``map50``, ``map50_95`` and ``instances``. The ``mask_*`` fields are
+    the same numbers for masks (``mask_per_class`` has the same keys, its precision and recall at
+    ``mask_conf_threshold``); they are None for detection models and for splits without polygon
+    labels.
     """
 
     map50: float
@@ -76,6 +89,12 @@ class EvalResult:
     n_predictions: int = field(default=0)
     data_yaml: str = ""
     label_hash: str = ""  # of the dataset's labels as scored (distill.dataset's label_hash)
+    mask_map50: float | None = None
+    mask_map50_95: float | None = None
+    mask_precision: float | None = None
+    mask_recall: float | None = None
+    mask_conf_threshold: float | None = None
+    mask_per_class: dict[str, dict[str, float]] | None = None
 
 
 # --------------------------------------------------------------------------- ground truth
@@ -107,8 +126,42 @@ def _coco_from_document(document: dict[str, Any]) -> Any:
     return coco
 
 
-def _yolo_ground_truth(info: DatasetInfo, images: Sequence[Path]) -> tuple[Any, dict[Path, int]]:
-    """A COCO ground truth built from the YOLO label files of ``images``."""
+def _label_polygons(label_path: Path) -> list[list[float] | None]:
+    """Per row of a YOLO label file (already checked by ``read_label_file``), its normalized
+    ``x1 y1 x2 y2 ...`` polygon, or None for a box row."""
+    if not label_path.exists():
+        return []
+    rows: list[list[float] | None] = []
+    for line in label_path.read_text(encoding="utf-8").splitlines():
+        values = [float(v) for v in line.split()]
+        if values:
+            rows.append(values[1:] if len(values) > 5 else None)
+    return rows
+
+
+def _segmentation_rle(
+    polygon_norm: list[float] | None, xyxy: Sequence[float], width: int, height: int
+) -> dict[str, Any]:
+    """One ground-truth row as a compressed COCO RLE at ``width`` x ``height`` pixels."""
+    from pycocotools import mask as coco_mask
+
+    if polygon_norm is None:  # a box row in a polygon split: its rectangle
+        x1, y1, x2, y2 = (float(v) for v in xyxy)
+        polygon = [x1, y1, x2, y1, x2, y2, x1, y2]
+    else:
+        scale = np.tile(np.array([width, height], np.float64), len(polygon_norm) // 2)
+        polygon = (np.asarray(polygon_norm, np.float64) * scale).tolist()
+    rle: dict[str, Any] = coco_mask.merge(coco_mask.frPyObjects([polygon], height, width))
+    return rle
+
+
+def _yolo_ground_truth(
+    info: DatasetInfo, images: Sequence[Path], *, with_masks: bool = False
+) -> tuple[Any, dict[Path, int]]:
+    """A COCO ground truth built from the YOLO label files of ``images``.
+
+    ``with_masks`` adds each row's ``segmentation`` (an RLE of its polygon) for "segm" scoring.
+    """
     coco_images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     image_ids: dict[Path, int] = {}
@@ -118,20 +171,25 @@ def _yolo_ground_truth(info: DatasetInfo, images: Sequence[Path]) -> tuple[Any, 
         coco_images.append(
             {"id": image_id, "file_name": str(image_path), "width": width, "height": height}
         )
-        rows = read_label_file(label_path_for(image_path), len(info.names))
+        label_path = label_path_for(image_path)
+        rows = read_label_file(label_path, len(info.names))
+        polygons = _label_polygons(label_path) if with_masks else [None] * len(rows.class_id)
         scale = np.array([width, height, width, height], np.float64)
-        for (x1, y1, x2, y2), class_id in zip(rows.xyxy_norm * scale, rows.class_id, strict=True):
-            w, h = float(x2 - x1), float(y2 - y1)
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": int(class_id) + 1,
-                    "bbox": [float(x1), float(y1), w, h],
-                    "area": w * h,
-                    "iscrowd": 0,
-                }
-            )
+        for xyxy, class_id, polygon in zip(
+            rows.xyxy_norm * scale, rows.class_id, polygons, strict=True
+        ):
+            x1, y1, x2, y2 = (float(v) for v in xyxy)
+            annotation: dict[str, Any] = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": int(class_id) + 1,
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "area": (x2 - x1) * (y2 - y1),
+                "iscrowd": 0,
+            }
+            if with_masks:
+                annotation["segmentation"] = _segmentation_rle(polygon, xyxy, width, height)
+            annotations.append(annotation)
     document = {
         "info": {"description": "built from YOLO labels"},
         "images": coco_images,
@@ -185,18 +243,48 @@ def _precision_recall_at(
     return precision, recall
 
 
+def mask_rles(detections: Detections) -> list[dict[str, Any]]:
+    """Each detection's mask as a compressed COCO RLE.
+
+    Reads ``data["mask_rle"]`` (RLEs already) or ``data["mask"]`` (boolean ``(n, h, w)``);
+    InputError when the detections carry neither.
+    """
+    if "mask_rle" in detections.data:
+        return list(detections.data["mask_rle"])
+    masks = detections.data.get("mask")
+    if masks is None:
+        raise InputError(
+            "mask scoring needs predicted masks: detections carry no data['mask'] or "
+            "data['mask_rle'] (is the model a segmentation model?)"
+        )
+    return _encode_masks(np.asarray(masks, np.bool_))
+
+
+def _encode_masks(masks: npt.NDArray[np.bool_]) -> list[dict[str, Any]]:
+    """``(n, h, w)`` boolean masks as compressed COCO RLEs."""
+    from pycocotools import mask as coco_mask
+
+    if len(masks) == 0:
+        return []
+    # encode wants (h, w, n) uint8 in Fortran order.
+    stacked = np.asfortranarray(masks.astype(np.uint8).transpose(1, 2, 0))
+    return list(coco_mask.encode(stacked))
+
+
 def score_detections(
     coco_gt: Any,
     predictions: dict[int, Detections],
     names: Sequence[str],
     *,
     max_det: int = 300,
+    iou_type: IouType = "bbox",
 ) -> dict[str, Any]:
     """Score predictions (by COCO image id; ``class_id`` indexes ``names``) against ``coco_gt``.
 
     Returns ``map50``, ``map50_95``, ``precision``, ``recall``, ``conf_threshold`` and
     ``per_class`` as described on ``EvalResult``. The ground truth's category ids must be
-    ``class_id + 1``.
+    ``class_id + 1``. ``iou_type="segm"`` scores masks instead of boxes: the ground truth needs
+    ``segmentation`` and each prediction a mask (see ``mask_rles``).
     """
     from pycocotools.cocoeval import COCOeval
 
@@ -208,17 +296,21 @@ def score_detections(
         raise InputError("the split has no labeled boxes; there is nothing to score against")
     results: list[dict[str, Any]] = []
     for image_id, detections in predictions.items():
-        for (x1, y1, x2, y2), class_id, score in detections:
+        masks = mask_rles(detections) if iou_type == "segm" else [None] * len(detections)
+        for ((x1, y1, x2, y2), class_id, score), mask in zip(detections, masks, strict=True):
             if not 0 <= class_id < len(names):
                 continue  # a class the dataset does not have can only be a false positive
-            results.append(
-                {
-                    "image_id": int(image_id),
-                    "category_id": int(class_id) + 1,
-                    "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
-                    "score": float(score),
-                }
-            )
+            result: dict[str, Any] = {
+                "image_id": int(image_id),
+                "category_id": int(class_id) + 1,
+                "score": float(score),
+            }
+            if mask is None:
+                result["bbox"] = [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
+            else:
+                # loadRes derives the area and extent from the mask.
+                result["segmentation"] = mask
+            results.append(result)
     labeled = [k for k, n in instances.items() if n]
     per_class = {
         names[k]: {
@@ -242,7 +334,7 @@ def score_detections(
         return summary
 
     coco_dt = _silently(coco_gt.loadRes, results)
-    coco_eval = COCOeval(coco_gt, coco_dt, "bbox")
+    coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
     coco_eval.params.catIds = category_ids
     coco_eval.params.maxDets = [1, 10, max_det]
     _silently(coco_eval.evaluate)
@@ -282,6 +374,20 @@ def _model_names(model: Any) -> list[str]:
     return [str(n) for n in names]
 
 
+def _result_mask_rles(result: Any, count: int) -> npt.NDArray[np.object_]:
+    """One Ultralytics result's ``count`` masks (``retina_masks``: original-image pixels) as
+    RLEs, in an object array that fits ``Detections.data``."""
+    rles = np.empty(count, dtype=object)
+    masks = getattr(result, "masks", None)
+    if count == 0:
+        return rles
+    if masks is None:
+        raise RuntimeError(f"Ultralytics returned {count} boxes but no masks for {result.path}")
+    for index, rle in enumerate(_encode_masks(masks.data.cpu().numpy() > 0.5)):
+        rles[index] = rle
+    return rles
+
+
 def evaluate(
     model: str | Path,
     dataset_dir: str | Path,
@@ -295,6 +401,9 @@ def evaluate(
     max_det: int = 300,
 ) -> EvalResult:
     """Predict every image of ``split`` with ``model`` (.pt or .onnx) and score the boxes.
+
+    A segmentation model on a dataset with polygon labels is also scored on its masks (the
+    ``mask_*`` fields of the result).
 
     ``imgsz`` None uses the model's own size (its training size; an ONNX file's export size).
     ``conf`` and ``iou`` are the prediction score threshold and the NMS IoU; keep ``conf`` low
@@ -325,7 +434,9 @@ def evaluate(
             f"{list(info.names)}; evaluate a model trained on this dataset's classes"
         )
 
-    coco_gt, image_ids = _yolo_ground_truth(info, images)
+    # Masks are scored when there are masks on both sides.
+    with_masks = task == "segment" and info.task == "segment"
+    coco_gt, image_ids = _yolo_ground_truth(info, images, with_masks=with_masks)
 
     options: dict[str, Any] = {
         "conf": conf,
@@ -337,6 +448,9 @@ def evaluate(
     }
     if imgsz is not None:
         options["imgsz"] = imgsz
+    if with_masks:
+        # Masks at the original image's resolution, where the ground truth is rasterised.
+        options["retina_masks"] = True
     predictions: dict[int, Detections] = {}
     with quiet_ultralytics():
         # One untimed image first: model setup and the first inference are not per-image costs.
@@ -348,6 +462,8 @@ def evaluate(
             strict=True,
         ):
             detections = from_ultralytics(result)
+            if with_masks:
+                detections.data["mask_rle"] = _result_mask_rles(result, len(detections))
             if Path(detections.metadata["path"]).resolve() != path.resolve():
                 raise RuntimeError(f"Ultralytics returned {result.path} where {path} was expected")
             predictions[image_ids[path]] = detections
@@ -355,6 +471,19 @@ def evaluate(
     used_imgsz = getattr(getattr(yolo, "predictor", None), "imgsz", None)
 
     scores = score_detections(coco_gt, predictions, info.names, max_det=max_det)
+    mask_fields: dict[str, Any] = {}
+    if with_masks:
+        mask_scores = score_detections(
+            coco_gt, predictions, info.names, max_det=max_det, iou_type="segm"
+        )
+        mask_fields = {
+            "mask_map50": mask_scores["map50"],
+            "mask_map50_95": mask_scores["map50_95"],
+            "mask_precision": mask_scores["precision"],
+            "mask_recall": mask_scores["recall"],
+            "mask_conf_threshold": mask_scores["conf_threshold"],
+            "mask_per_class": mask_scores["per_class"],
+        }
     return EvalResult(
         map50=scores["map50"],
         map50_95=scores["map50_95"],
@@ -370,4 +499,5 @@ def evaluate(
         n_predictions=sum(len(d) for d in predictions.values()),
         data_yaml=str(info.data_yaml),
         label_hash=info.label_hash,
+        **mask_fields,
     )

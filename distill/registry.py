@@ -27,9 +27,13 @@ reused only when it is known to describe the same labels: the candidate's evalua
 evaluated on, the labels have not changed and production's stored ``map50_95`` is comparable.
 Otherwise (the labels were edited since, or the evaluator reports no hash) production is evaluated
 again on the same set, so both numbers always come from the same labels. The candidate is
-promoted when its mAP50-95 is not lower than production's by more than ``tolerance``, or when
-``force`` is given. Every decision, promoted or refused, is recorded in ``promotions``; a refusal
-raises nothing (the CLI turns ``promoted=False`` into exit code 1).
+promoted when its mAP50-95 is not lower than production's by more than ``tolerance``, overall
+and on every class both evaluations score (``per_class``; a class with fewer than
+``min_class_instances`` ground-truth boxes is reported but cannot veto: its number is noise),
+on production's evaluation set and on any ``extra_eval_sets`` (the hard-case split), or when
+``force`` is given. Every decision, promoted or refused, is recorded in ``promotions``, and each
+comparison behind it in ``promotion_checks`` (``PromotionDecision.checks``); a refusal raises
+nothing (the CLI turns ``promoted=False`` into exit code 1).
 
 A stored number is only comparable if ``evaluate`` measures the way the one that produced it did
 (same imgsz, thresholds, split): record a version's metrics with the same evaluate function that
@@ -49,8 +53,8 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -62,14 +66,17 @@ from labeler.store.sqlite import SqliteFile
 
 __all__ = [
     "DB_NAME",
+    "DEFAULT_MIN_CLASS_INSTANCES",
     "DEFAULT_PROMOTE_TOLERANCE",
     "Artifact",
     "EvalSet",
     "Evaluate",
+    "GateCheck",
     "ModelVersion",
     "PromotionDecision",
     "Registry",
     "evaluation_metrics",
+    "hard_case_eval_set",
 ]
 
 logger = logging.getLogger(__name__)
@@ -87,6 +94,9 @@ _VERSION_PATTERN = re.compile(r"^[vV]?(\d+)$")
 DEFAULT_PROMOTE_TOLERANCE = 0.005  # mAP50-95 a candidate may lose to production and pass
 # The gate's comparison is inclusive; this absorbs float rounding of e.g. 0.5 - 0.005.
 _GATE_EPSILON = 1e-9
+# A class with fewer ground-truth boxes than this in an evaluation set is reported but cannot
+# veto a promotion: with 3 boxes, one box found or missed moves its mAP by a third.
+DEFAULT_MIN_CLASS_INSTANCES = 5
 
 Source = Literal["trained", "imported"]
 Stage = Literal["none", "production"]
@@ -130,6 +140,19 @@ _SCHEMA = (
         production_reevaluated INTEGER NOT NULL,
         created_at TEXT NOT NULL,
         promptlabel_version TEXT
+    )""",
+    # Every comparison behind a decision: overall (class_name NULL) and per class, on each
+    # evaluation set. A table of its own needs no migration: the schema is applied at each open.
+    """CREATE TABLE IF NOT EXISTS promotion_checks (
+        promotion INTEGER NOT NULL REFERENCES promotions(id),
+        position INTEGER NOT NULL,
+        eval_set TEXT NOT NULL,
+        class_name TEXT,
+        candidate_map50_95 REAL NOT NULL,
+        production_map50_95 REAL NOT NULL,
+        instances REAL,
+        outcome TEXT NOT NULL,
+        PRIMARY KEY (promotion, position)
     )""",
 )
 # Statements that bring a registry of schema n to n + 1 (added columns go last, as in _SCHEMA:
@@ -253,6 +276,39 @@ class ModelVersion:
         return EvalSet.from_metrics(self.metrics)
 
 
+GateOutcome = Literal["pass", "worse", "too_few_instances"]
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """One comparison behind a promotion decision, on one evaluation set: the overall mAP50-95
+    (``class_name`` None) or one class's.
+
+    ``outcome`` is ``pass`` (lost at most the tolerance), ``worse`` (lost more: a veto) or
+    ``too_few_instances`` (a class lost more but has fewer ground-truth boxes than the gate's
+    minimum, ``instances``, so its number is noise and does not veto).
+    """
+
+    eval_set: EvalSet
+    class_name: str | None
+    candidate_map50_95: float
+    production_map50_95: float
+    instances: float | None
+    outcome: GateOutcome
+
+    @property
+    def drop(self) -> float:
+        """How much mAP50-95 the candidate loses to production here (negative: it gains)."""
+        return self.production_map50_95 - self.candidate_map50_95
+
+    def describe(self) -> str:
+        what = "overall" if self.class_name is None else f"class {self.class_name!r}"
+        return (
+            f"{what}: candidate {self.candidate_map50_95:.4f} vs production "
+            f"{self.production_map50_95:.4f} on {self.eval_set.data} ({self.eval_set.split})"
+        )
+
+
 @dataclass(frozen=True)
 class PromotionDecision:
     """What ``promote`` decided and on what evidence (also a row of the ``promotions`` table).
@@ -261,7 +317,9 @@ class PromotionDecision:
     would have passed. The two scores are mAP50-95 on ``eval_set`` (None where not measured);
     ``production_reevaluated`` tells whether production's score was measured now or read from
     its stored metrics. ``promptlabel_version`` is the promptlabel that decided (None for a
-    decision recorded before the registry recorded it).
+    decision recorded before the registry recorded it). ``checks`` are every comparison the
+    gate made (overall and per class, on each evaluation set), in order; empty when it compared
+    nothing.
     """
 
     id: int
@@ -277,6 +335,7 @@ class PromotionDecision:
     production_reevaluated: bool
     created_at: str
     promptlabel_version: str | None = None
+    checks: tuple[GateCheck, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -289,6 +348,105 @@ class _Verdict:
     production_map50_95: float | None = None
     eval_set: EvalSet | None = None
     production_reevaluated: bool = False
+    checks: tuple[GateCheck, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Gate:
+    """The promotion gate's rules: how much mAP50-95 a candidate may lose (overall and per
+    class), and how many ground-truth boxes a class needs before its loss may veto."""
+
+    tolerance: float
+    min_class_instances: int
+
+    def outcome(self, drop: float, instances: float | None = None) -> GateOutcome:
+        if drop <= self.tolerance + _GATE_EPSILON:
+            return "pass"
+        if instances is not None and instances < self.min_class_instances:
+            return "too_few_instances"
+        return "worse"
+
+    def checks(
+        self,
+        eval_set: EvalSet,
+        candidate_score: float,
+        production_score: float,
+        candidate_metrics: Mapping[str, Any],
+        production_metrics: Mapping[str, Any],
+    ) -> builtins.list[GateCheck]:
+        """The overall comparison on ``eval_set``, then one per class both metrics score."""
+        checks = [
+            GateCheck(
+                eval_set,
+                None,
+                candidate_score,
+                production_score,
+                None,
+                self.outcome(production_score - candidate_score),
+            )
+        ]
+        candidate_classes = _per_class(candidate_metrics)
+        for name, production_class in _per_class(production_metrics).items():
+            candidate_class = candidate_classes.get(name)
+            if candidate_class is None:
+                continue
+            candidate_class_score = _score(candidate_class)
+            production_class_score = _score(production_class)
+            if candidate_class_score is None or production_class_score is None:
+                continue
+            # Both scored the same labels; the candidate's count is the one just measured.
+            instances = _instances(candidate_class)
+            if instances is None:
+                instances = _instances(production_class)
+            checks.append(
+                GateCheck(
+                    eval_set,
+                    name,
+                    candidate_class_score,
+                    production_class_score,
+                    instances,
+                    self.outcome(production_class_score - candidate_class_score, instances),
+                )
+            )
+        return checks
+
+    def reason(self, checks: Sequence[GateCheck], production_version: str) -> str:
+        """Why the gate passed or refused, naming every comparison that decided it."""
+        main = checks[0]
+        head = (
+            f"mAP50-95 {main.candidate_map50_95:.4f} vs production {production_version} "
+            f"{main.production_map50_95:.4f} on {main.eval_set.data} ({main.eval_set.split})"
+        )
+        tolerance = f"tolerance {self.tolerance:g}"
+        vetoes = [check for check in checks[1:] if check.outcome == "worse"]
+        if main.outcome == "worse":
+            parts = [f"{head}: worse by {main.drop:.4f} > {tolerance}"]
+        elif vetoes:
+            parts = [f"{head}: within {tolerance} overall"]
+        else:
+            parts = [f"{head}: within {tolerance}"]
+        if vetoes:
+            parts.append(
+                f"worse by more than the {tolerance}: "
+                + "; ".join(f"{check.describe()} (by {check.drop:.4f})" for check in vetoes)
+            )
+        others = [
+            check for check in checks[1:] if check.class_name is None and check.outcome == "pass"
+        ]
+        if others:
+            parts.append(f"within {tolerance}: " + "; ".join(check.describe() for check in others))
+        classes = [check for check in checks if check.class_name is not None]
+        if classes and not vetoes:
+            passed = sum(check.outcome == "pass" for check in classes)
+            parts.append(f"{passed} of {len(classes)} per-class comparisons within {tolerance}")
+        noisy = [check for check in checks if check.outcome == "too_few_instances"]
+        if noisy:
+            parts.append(
+                f"not gated, fewer than {self.min_class_instances} instances (too noisy to "
+                "judge): "
+                + "; ".join(f"{check.describe()}, {check.instances:g} instances" for check in noisy)
+            )
+        return "; ".join(parts)
 
 
 class Registry(SqliteFile):
@@ -540,7 +698,7 @@ class Registry(SqliteFile):
             query += " WHERE version=?"
             args = (self._number(version),)
         rows = self._db.execute(query + " ORDER BY id", args).fetchall()
-        return [_decision(row) for row in rows]
+        return [self._with_checks(_decision(row)) for row in rows]
 
     def _number(self, version: str) -> int:
         match = _VERSION_PATTERN.match(str(version).strip())
@@ -597,20 +755,29 @@ class Registry(SqliteFile):
         evaluate: Evaluate,
         tolerance: float = DEFAULT_PROMOTE_TOLERANCE,
         force: bool = False,
+        extra_eval_sets: Sequence[EvalSet] = (),
+        min_class_instances: int = DEFAULT_MIN_CLASS_INSTANCES,
     ) -> PromotionDecision:
         """Make ``version`` production if it holds up against the current production.
 
         The candidate passes when its mAP50-95 on production's evaluation set is at least
         production's minus ``tolerance`` (see the module docstring for which production number
-        is used). ``force`` promotes regardless, still measuring both when it can. With no
-        production yet, the candidate is promoted without a comparison. If production has no
-        recorded evaluation set, the candidate's is used for both; with neither, or when the set's
-        data.yaml is gone, the promotion is refused (or forced). The decision is recorded and
-        returned; a refusal leaves production unchanged and raises nothing. Errors from
-        ``evaluate`` propagate and record nothing.
+        is used), and the same holds for every class both evaluations score (``per_class`` in
+        the metrics), except classes with fewer than ``min_class_instances`` ground-truth boxes,
+        whose numbers are reported but too noisy to veto. ``extra_eval_sets`` (e.g. the
+        hard-case split of the candidate's dataset) are gated the same way, overall and per
+        class, both models evaluated on each. ``force`` promotes regardless, still measuring
+        both when it can. With no production yet, the candidate is promoted without a
+        comparison. If production has no recorded evaluation set, the candidate's is used for
+        both; with neither, or when a set's data.yaml is gone, the promotion is refused (or
+        forced). The decision, with every comparison (``checks``), is recorded and returned; a
+        refusal leaves production unchanged and raises nothing. Errors from ``evaluate``
+        propagate and record nothing.
         """
         if not (math.isfinite(tolerance) and tolerance >= 0):
             raise InputError(f"tolerance must be a number >= 0, got {tolerance}")
+        if isinstance(min_class_instances, bool) or min_class_instances < 0:
+            raise InputError(f"min_class_instances must be >= 0, got {min_class_instances}")
         candidate = self.get(version)
         production = self.production()
         if production is None:
@@ -618,7 +785,14 @@ class Registry(SqliteFile):
         elif production.number == candidate.number:
             verdict = _Verdict(True, f"{candidate.version} is already production")
         else:
-            verdict = self._compare(candidate, production, evaluate, tolerance, force)
+            verdict = self._compare(
+                candidate,
+                production,
+                evaluate,
+                _Gate(tolerance, min_class_instances),
+                force,
+                tuple(extra_eval_sets),
+            )
         return self._record(candidate, production, verdict, tolerance, force)
 
     def _compare(
@@ -626,8 +800,9 @@ class Registry(SqliteFile):
         candidate: ModelVersion,
         production: ModelVersion,
         evaluate: Evaluate,
-        tolerance: float,
+        gate: _Gate,
         force: bool,
+        extra_eval_sets: tuple[EvalSet, ...] = (),
     ) -> _Verdict:
         """Measure the candidate (and production when needed) and apply the gate."""
         eval_set = production.eval_set or candidate.eval_set
@@ -653,18 +828,16 @@ class Registry(SqliteFile):
             and stored_score is not None
             and seen_hash is not None
             and seen_hash == eval_set.label_hash
+            # Per-class numbers need production's too: stored ones, or else measured now.
+            and (not _per_class(candidate_metrics) or bool(_per_class(production.metrics)))
         )
+        production_metrics: Mapping[str, Any] = production.metrics
         if comparable and stored_score is not None:
             production_score = stored_score
         else:
             production_metrics = evaluate(production.weights, eval_set)
             production_score = _required_score(production_metrics, production.version)
-            production_hash = production_metrics.get("label_hash")
-            if (
-                seen_hash is not None
-                and production_hash is not None
-                and seen_hash != production_hash
-            ):
+            if _labels_changed(seen_hash, production_metrics):
                 return _Verdict(
                     force,
                     f"the labels of {eval_set.data} changed between the two evaluations; "
@@ -675,16 +848,43 @@ class Registry(SqliteFile):
                     production_reevaluated=True,
                 )
         measured_on = EvalSet(eval_set.data, eval_set.split, seen_hash and str(seen_hash))
-        drop = production_score - candidate_score
-        passes = drop <= tolerance + _GATE_EPSILON
-        comparison = (
-            f"mAP50-95 {candidate_score:.4f} vs production {production.version} "
-            f"{production_score:.4f} on {eval_set.data} ({eval_set.split})"
+        checks = gate.checks(
+            measured_on, candidate_score, production_score, candidate_metrics, production_metrics
         )
-        if passes:
-            reason = f"{comparison}: within tolerance {tolerance:g}"
-        else:
-            reason = f"{comparison}: worse by {drop:.4f} > tolerance {tolerance:g}"
+
+        def refused(reason: str) -> _Verdict:
+            return _Verdict(
+                force,
+                reason + ("; forced" if force else ""),
+                candidate_score,
+                production_score,
+                measured_on,
+                production_reevaluated=not comparable,
+                checks=tuple(checks),
+            )
+
+        for extra in extra_eval_sets:
+            if not extra.data.exists():
+                return refused(
+                    f"evaluation set {extra.data} ({extra.split}) is gone; cannot compare"
+                )
+            extra_candidate = evaluate(candidate.weights, extra)
+            extra_production = evaluate(production.weights, extra)
+            extra_hash = extra_candidate.get("label_hash")
+            if _labels_changed(extra_hash, extra_production):
+                return refused(
+                    f"the labels of {extra.data} ({extra.split}) changed between the two "
+                    "evaluations; promote again"
+                )
+            checks += gate.checks(
+                EvalSet(extra.data, extra.split, extra_hash and str(extra_hash)),
+                _required_score(extra_candidate, candidate.version),
+                _required_score(extra_production, production.version),
+                extra_candidate,
+                extra_production,
+            )
+        passes = all(check.outcome != "worse" for check in checks)
+        reason = gate.reason(checks, production.version)
         if force:
             reason += "; forced"
         return _Verdict(
@@ -694,6 +894,7 @@ class Registry(SqliteFile):
             production_score,
             measured_on,
             production_reevaluated=not comparable,
+            checks=tuple(checks),
         )
 
     def _record(
@@ -714,14 +915,11 @@ class Registry(SqliteFile):
                 current = None if row is None else int(row[0])
                 if current != expected:
                     # Another process promoted while we evaluated: our comparison is stale.
-                    verdict = _Verdict(
-                        False,
-                        f"production changed from {_optional_name(expected)} to "
+                    verdict = replace(
+                        verdict,
+                        promoted=False,
+                        reason=f"production changed from {_optional_name(expected)} to "
                         f"{_optional_name(current)} during the evaluation; promote again",
-                        verdict.candidate_map50_95,
-                        verdict.production_map50_95,
-                        verdict.eval_set,
-                        verdict.production_reevaluated,
                     )
                 if verdict.promoted and current != candidate.number:
                     db.execute("UPDATE versions SET stage='none' WHERE stage='production'")
@@ -749,12 +947,41 @@ class Registry(SqliteFile):
                     ),
                 )
                 decision_id = int(cursor.lastrowid or 0)
+                db.executemany(
+                    "INSERT INTO promotion_checks VALUES (?,?,?,?,?,?,?,?)",
+                    [
+                        (
+                            decision_id,
+                            position,
+                            json.dumps(check.eval_set.as_dict()),
+                            check.class_name,
+                            check.candidate_map50_95,
+                            check.production_map50_95,
+                            check.instances,
+                            check.outcome,
+                        )
+                        for position, check in enumerate(verdict.checks)
+                    ],
+                )
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.db_path}: cannot record the promotion ({exc})") from None
         log = logger.info if verdict.promoted else logger.warning
         log("promotion of %s: %s", candidate.version, verdict.reason)
         row = self._db.execute("SELECT * FROM promotions WHERE id=?", (decision_id,)).fetchone()
-        return _decision(row)
+        return self._with_checks(_decision(row))
+
+    def _with_checks(self, decision: PromotionDecision) -> PromotionDecision:
+        """``decision`` with the comparisons recorded for it (none for older decisions)."""
+        rows = self._db.execute(
+            "SELECT eval_set, class_name, candidate_map50_95, production_map50_95, instances, "
+            "outcome FROM promotion_checks WHERE promotion=? ORDER BY position",
+            (decision.id,),
+        ).fetchall()
+        checks = tuple(
+            GateCheck(_eval_set_from_json(eval_set), class_name, candidate, production, n, outcome)
+            for eval_set, class_name, candidate, production, n, outcome in rows
+        )
+        return replace(decision, checks=checks)
 
 
 def evaluation_metrics(weights: Path, eval_set: EvalSet, **options: Any) -> dict[str, Any]:
@@ -780,11 +1007,74 @@ def evaluation_metrics(weights: Path, eval_set: EvalSet, **options: Any) -> dict
         "data": result.data_yaml,
         "split": eval_set.split,
         "label_hash": result.label_hash,
+        # Segmentation students on polygon labels: mask mAP beside box mAP (COCO "segm").
+        **(
+            {
+                "mask_map50": result.mask_map50,
+                "mask_map50_95": result.mask_map50_95,
+                "mask_precision": result.mask_precision,
+                "mask_recall": result.mask_recall,
+                "mask_per_class": result.mask_per_class,
+            }
+            if result.mask_map50_95 is not None
+            else {}
+        ),
     }
+
+
+HARD_CASES_SPLIT = "hard_cases"
+
+
+def hard_case_eval_set(version: ModelVersion) -> EvalSet | None:
+    """The ``hard_cases`` split of the dataset ``version`` was evaluated on, when that data.yaml
+    declares one (dataset versions do: frames devices sent back, held out in val); None
+    otherwise. Pass it to ``promote(extra_eval_sets=...)`` with the candidate, so the gate sees
+    whether the new model learned what the old one found hard."""
+    import yaml
+
+    from distill.dataset import resolve_data_yaml
+
+    eval_set = version.eval_set
+    if eval_set is None:
+        return None
+    try:
+        # The recorded data is the dataset folder (or its data.yaml) the version was scored on.
+        document = yaml.safe_load(resolve_data_yaml(eval_set.data).read_text())
+    except InputError as exc:
+        logger.warning("%s: no data.yaml to look for a hard-case split in (%s)", eval_set.data, exc)
+        return None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        logger.warning("%s: cannot read it to look for a hard-case split (%s)", eval_set.data, exc)
+        return None
+    if not isinstance(document, dict) or not document.get(HARD_CASES_SPLIT):
+        return None
+    return EvalSet(eval_set.data, HARD_CASES_SPLIT)
 
 
 def _optional_name(number: int | None) -> str:
     return "none" if number is None else _name(number)
+
+
+def _per_class(metrics: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """``metrics["per_class"]`` as class name -> that class's metrics ({} when absent)."""
+    per_class = metrics.get("per_class")
+    if not isinstance(per_class, Mapping):
+        return {}
+    return {str(name): value for name, value in per_class.items() if isinstance(value, Mapping)}
+
+
+def _instances(class_metrics: Mapping[str, Any]) -> float | None:
+    """A class's ground-truth box count from its metrics, or None when not reported."""
+    value = class_metrics.get("instances")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _labels_changed(seen_hash: Any, other_metrics: Mapping[str, Any]) -> bool:
+    """Whether two evaluations of one set report different label hashes (unknown: no)."""
+    other_hash = other_metrics.get("label_hash")
+    return seen_hash is not None and other_hash is not None and seen_hash != other_hash
 
 
 def _required_score(metrics: Mapping[str, Any], version: str) -> float:
@@ -794,6 +1084,11 @@ def _required_score(metrics: Mapping[str, Any], version: str) -> float:
             f"evaluate() returned no numeric 'map50_95' for {version}: {dict(metrics)!r}"
         )
     return score
+
+
+def _eval_set_from_json(text: str) -> EvalSet:
+    fields = json.loads(text)
+    return EvalSet(Path(fields["data"]), fields["split"], fields["label_hash"])
 
 
 def _decision(row: tuple[Any, ...]) -> PromotionDecision:
@@ -812,10 +1107,7 @@ def _decision(row: tuple[Any, ...]) -> PromotionDecision:
         created_at,
         promptlabel_version,
     ) = row
-    parsed = None
-    if eval_set is not None:
-        fields = json.loads(eval_set)
-        parsed = EvalSet(Path(fields["data"]), fields["split"], fields["label_hash"])
+    parsed = None if eval_set is None else _eval_set_from_json(eval_set)
     return PromotionDecision(
         id=int(decision_id),
         version=_name(int(number)),

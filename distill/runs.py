@@ -10,8 +10,33 @@ from typing import Any
 
 from distill.registry import EvalSet, ModelVersion, Registry, evaluation_metrics
 from distill.train import DEFAULT_PATIENCE, ProgressCallback, TrainResult, train
+from labeler.core.exceptions import InputError
 
-__all__ = ["RegisteredRun", "train_and_register"]
+__all__ = ["PRODUCTION_BASE", "RegisteredRun", "resolve_base", "train_and_register"]
+
+# ``base="production"``: fine-tune from the registry's production model (the closed loop's next
+# round), rather than start over from a generic base.
+PRODUCTION_BASE = "production"
+
+
+def resolve_base(base: str | Path, registry_dir: Path) -> str | Path:
+    """``base`` itself, or for ``"production"`` the production model's checkpoint in the registry
+    at ``registry_dir``; InputError when there is none to fine-tune from."""
+    if str(base) != PRODUCTION_BASE:
+        return base
+    with Registry(registry_dir) as registry:
+        production = registry.production()
+    if production is None:
+        raise InputError(
+            f"base production: the registry in {registry_dir} has no production model yet; "
+            "promote one first, or pass a base such as yolo11n.pt"
+        )
+    if production.weights.suffix != ".pt":
+        raise InputError(
+            f"base production: production model {production.version} is {production.weights.name}"
+            ", not a PyTorch checkpoint to fine-tune (an imported export); pass another base"
+        )
+    return production.weights
 
 
 @dataclass(frozen=True)
@@ -52,6 +77,7 @@ def train_and_register(
     adding another. Errors are those of ``train``, ``evaluation_metrics``, ``prepare_artifacts``
     and ``Registry``.
     """
+    base = resolve_base(base, registry_dir)
     result = train(
         dataset_dir,
         base=base,

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
@@ -41,7 +41,7 @@ from labeler.export.dataset import (
 )
 from labeler.ontology import Ontology
 from labeler.propose.options import DetectorOptions
-from labeler.route import RouteThresholds, Status, route
+from labeler.route import RouteThresholds, Status, route, student_disagreement
 from labeler.segment import (
     MaskStats,
     MaskThresholds,
@@ -118,6 +118,10 @@ class LabelConfig:
     # ``--masks SPEC``: a mask per accepted box from this segmenter (None: no masks).
     masks: str | None = None
     mask_thresholds: MaskThresholds = field(default_factory=MaskThresholds)
+    # What a deployed student predicted on these images (hard cases), by image SHA-256:
+    # [{"class": name, "xyxy": [...]}, ...]. Kept in the workspace, so that every later routing
+    # (a re-export included) sends the proposals it disagrees on to review.
+    student_predictions: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
 
     @property
     def uses_verifier(self) -> bool:
@@ -636,6 +640,7 @@ def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> 
     routed = _Routed(rows=[], items=[], review=[], images=[])
     sizes = workspace.image_sizes(scan.first_path)
     human = workspace.human_states()
+    student = workspace.student_boxes()
     for sha in sorted(scan.first_path):
         proposals = workspace.load_proposals(sha, key)
         states = [human.get(int(pid)) for pid in proposals.data["proposal_id"]]
@@ -659,6 +664,14 @@ def _route(config: LabelConfig, scan: _Scan, workspace: Workspace, key: str) -> 
                 unwritable=unwritable[i],
                 thresholds=config.thresholds,
             )
+            if sha in student:
+                decision = student_disagreement(
+                    class_name=names[int(proposals.class_id[i])],
+                    xyxy=[float(v) for v in proposals.xyxy[i]],
+                    decision=decision,
+                    student=student[sha],
+                    unwritable=unwritable[i],
+                )
             routed.rows.append(
                 LabelRow(
                     proposal_id=int(proposals.data["proposal_id"][i]),
@@ -745,7 +758,7 @@ def _segment(
 
     def get_segmenter() -> Segmenter:
         if not loaded:
-            loaded.append(load_segmenter(spec))
+            loaded.append(load_segmenter(spec, device=config.detector_options.device))
         return loaded[0]
 
     rows = {row.proposal_id: i for i, row in enumerate(routed.rows)}
@@ -888,8 +901,11 @@ def run_label(
             "thresholds": asdict(config.thresholds),
             "val_fraction": config.val_fraction,
             "masks": config.masks,
+            "student_predictions": len(config.student_predictions or {}),
         }
         run_id = workspace.start_run(run_config)
+        if config.student_predictions:
+            workspace.save_student_boxes(config.student_predictions, source="student")
 
         started = time.perf_counter()
         scan = _scan(config, workspace, progress)

@@ -6,12 +6,28 @@ whatever its scores, so every accepted box is a box in the export.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from labeler.core.detections import box_iou
 from labeler.core.exceptions import InputError
 
-__all__ = ["RouteDecision", "RouteThresholds", "Status", "route"]
+__all__ = [
+    "STUDENT_DISAGREES",
+    "STUDENT_MATCH_IOU",
+    "RouteDecision",
+    "RouteThresholds",
+    "Status",
+    "route",
+    "student_disagreement",
+]
+
+# The reason (a prefix: the rest says which way) of proposals the deployed student and the
+# teacher disagree on: they go to review whatever the verifier said.
+STUDENT_DISAGREES = "student_disagrees"
+# A student box and a proposal of the same class are the same object from this IoU (COCO's 0.5).
+STUDENT_MATCH_IOU = 0.5
 
 
 class Status(StrEnum):
@@ -85,3 +101,29 @@ def route(
             return RouteDecision(Status.NEEDS_REVIEW, "detector score below review threshold")
         return RouteDecision(Status.ACCEPTED, f"verifier said yes (p_yes={yes_prob:.3f})")
     return RouteDecision(Status.NEEDS_REVIEW, f"verifier uncertain (p_yes={yes_prob:.3f})")
+
+
+def student_disagreement(
+    *,
+    class_name: str,
+    xyxy: Sequence[float],
+    decision: RouteDecision,
+    student: Sequence[tuple[str, Sequence[float]]],
+    unwritable: str | None = None,
+    iou: float = STUDENT_MATCH_IOU,
+) -> RouteDecision:
+    """``decision`` unless the student that ran on the image disagrees with it: it has no box of
+    this class over an accepted proposal (it missed what the teacher accepted), or it has one over
+    a rejected proposal (it found what the teacher rejected). Then the proposal goes to review
+    with reason ``student_disagrees``. Proposals already in review keep their reason; a box the
+    dataset cannot hold (``unwritable``) stays rejected: no reviewer could accept it as it is."""
+    if decision.status is Status.NEEDS_REVIEW or unwritable is not None:
+        return decision
+    found = any(name == class_name and box_iou(xyxy, box) >= iou for name, box in student)
+    if decision.status is Status.ACCEPTED and not found:
+        why = f"{STUDENT_DISAGREES}: the student missed this {class_name} (teacher: accepted)"
+    elif decision.status is Status.REJECTED and found:
+        why = f"{STUDENT_DISAGREES}: the student found this {class_name} (teacher: rejected)"
+    else:
+        return decision
+    return RouteDecision(Status.NEEDS_REVIEW, why)

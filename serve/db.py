@@ -29,6 +29,7 @@ __all__ = [
     "Database",
     "api_keys",
     "dataset_acceptances",
+    "hard_cases",
     "images",
     "job_images",
     "jobs",
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 # 2: api_keys.role (keys made before are "labeler" keys: what every key could do then).
 # 3: projects.min_precision and projects.require_accepted_datasets (older projects: neither),
 #    and the dataset_acceptances table.
-SCHEMA_VERSION = 3
+# 4: projects.collection_policy (older projects: none) and the hard_cases table.
+SCHEMA_VERSION = 4
 
 metadata = sa.MetaData()
 
@@ -75,6 +77,9 @@ projects = sa.Table(
         default=False,
         server_default=sa.false(),
     ),
+    # The collection policy /predict?collect=true applies (serve.runtime.collect's fields, as
+    # JSON); null: none set, so the server collects nothing.
+    sa.Column("collection_policy", sa.JSON),
 )
 
 api_keys = sa.Table(
@@ -181,6 +186,28 @@ dataset_acceptances = sa.Table(
 )
 
 
+# Frames the student found hard, sent back by devices (`promptlabel push`) or kept by
+# /predict?collect=true. The frame itself is an image of the project (so a labeling job can
+# take it); the same frame from several devices is one hard case that names them all.
+hard_cases = sa.Table(
+    "hard_cases",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("project_id", sa.ForeignKey("projects.id"), nullable=False),
+    sa.Column("image_id", sa.ForeignKey("images.id"), nullable=False),
+    sa.Column("reasons", sa.JSON, nullable=False),  # ["uncertain:person", ...], every sender's
+    sa.Column("predictions", sa.JSON, nullable=False),  # the first sender's detection records
+    sa.Column("model_version", sa.String(64)),  # the model the first sender ran, if it said
+    sa.Column("devices", sa.JSON, nullable=False),  # the senders' names, sorted
+    sa.Column("first_seen_at", sa.Float, nullable=False),
+    sa.Column("last_seen_at", sa.Float, nullable=False),
+    # The labeling job that took it ("everything new since the last round"); null: not yet.
+    sa.Column("consumed_by_job", sa.ForeignKey("jobs.id")),
+    sa.UniqueConstraint("project_id", "image_id", name="uq_hard_cases_project_image"),
+    sa.Index("ix_hard_cases_project_seen", "project_id", "last_seen_at"),
+)
+
+
 def _add_column(table: sa.Table, name: str) -> Callable[[Connection], None]:
     """A migration step adding ``table.c[name]`` as this module declares it (type, default,
     NOT NULL), on either database."""
@@ -200,6 +227,8 @@ MIGRATIONS: dict[int, tuple[Callable[[Connection], None], ...]] = {
         _add_column(projects, "min_precision"),
         _add_column(projects, "require_accepted_datasets"),
     ),
+    # hard_cases is a new table: create_all makes it.
+    3: (_add_column(projects, "collection_policy"),),
 }
 
 

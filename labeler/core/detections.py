@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["SCORE_DECIMALS", "XYXY_DECIMALS", "Detections", "as_records", "from_ultralytics"]
+__all__ = [
+    "SCORE_DECIMALS",
+    "XYXY_DECIMALS",
+    "Detections",
+    "as_records",
+    "box_iou",
+    "from_ultralytics",
+]
 
 # The one rounding rule of a detection record: a hundredth of a pixel, a ten-thousandth of score.
 XYXY_DECIMALS = 2
@@ -154,3 +161,14 @@ def from_ultralytics(result: Any) -> Detections:
         data=data,
         metadata=metadata,
     )
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """IoU of two xyxy boxes (0 when they do not overlap or either has no area)."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0

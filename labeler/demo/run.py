@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from labeler.propose.detector import Detector, load_detector
 from labeler.propose.options import DetectorOptions
 from labeler.settings import get_label_settings
 
-__all__ = ["DEMO_ONTOLOGY", "run_demo"]
+__all__ = ["DEMO_ONTOLOGY", "DemoModels", "demo_label_config", "load_demo_models", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -97,28 +98,54 @@ def _load_demo_verifier(say: Callable[[str], None]) -> tuple[str, Any]:
         return spec, load_verifier(spec, concurrency=1)
 
 
+@dataclass(frozen=True)
+class DemoModels:
+    """The demo's detector and verifier, loaded once (the real defaults, or tiny random ones
+    offline), and the detector options for the sample images."""
+
+    detector_id: str
+    detector: Detector
+    verifier_spec: str
+    verifier: Any
+    options: DetectorOptions
+
+
+def load_demo_models(say: Callable[[str], None] = log.warning) -> DemoModels:
+    # The sample images hold at most a handful of shapes each.
+    options = DetectorOptions(box_threshold=0.3, max_det=20)
+    _go_offline_if_hub_unreachable(say)
+    detector_id, detector = _load_demo_detector(say, options)
+    verifier_spec, verifier = _load_demo_verifier(say)
+    return DemoModels(detector_id, detector, verifier_spec, verifier, options)
+
+
+def demo_label_config(
+    images_dir: Path, out_dir: Path, models: DemoModels, **changes: Any
+) -> LabelConfig:
+    """The label run the demo makes over ``images_dir`` into ``out_dir`` (the demo ontology)."""
+    return LabelConfig(
+        images_dir=images_dir,
+        ontology=load_ontology(_demo_ontology_path()),
+        out_dir=out_dir,
+        detector=models.detector_id,
+        detector_options=models.options,
+        verifier=models.verifier_spec,
+        concurrency=1,
+        **changes,
+    )
+
+
 def run_demo(
     out_dir: Path,
     *,
     n_images: int = 8,
     progress: ProgressSink | None = None,
     say: Callable[[str], None] = log.warning,
+    models: DemoModels | None = None,
 ) -> dict[str, Any]:
     """Write sample images under ``out_dir/images`` and label them into ``out_dir/dataset``."""
     images_dir = out_dir / "images"
     write_sample_images(images_dir, n=n_images, seed=0)
-    # The sample images hold at most a handful of shapes each.
-    options = DetectorOptions(box_threshold=0.3, max_det=20)
-    _go_offline_if_hub_unreachable(say)
-    detector_id, detector = _load_demo_detector(say, options)
-    verifier_spec, verifier = _load_demo_verifier(say)
-    config = LabelConfig(
-        images_dir=images_dir,
-        ontology=load_ontology(_demo_ontology_path()),
-        out_dir=out_dir / "dataset",
-        detector=detector_id,
-        detector_options=options,
-        verifier=verifier_spec,
-        concurrency=1,
-    )
-    return run_label(config, progress=progress, detector=detector, verifier=verifier)
+    models = models or load_demo_models(say)
+    config = demo_label_config(images_dir, out_dir / "dataset", models)
+    return run_label(config, progress=progress, detector=models.detector, verifier=models.verifier)

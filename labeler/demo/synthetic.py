@@ -6,6 +6,10 @@ and every box is measured from the pixels actually drawn, so a box is exact: ``x
 extent of the shape, with exclusive right and bottom edges (a shape covering columns 10..19 has
 ``x1=10, x2=20``).
 
+``domain="shifted"`` draws another domain with the same classes, for measuring how a detector
+trained on the default one copes with a shift: other backgrounds (checkerboards, soft colour
+blobs) and other object variants (outlined, hollow shapes, a little smaller).
+
 Everything is a pure function of the seed (``numpy.random.Generator``), so the same call writes the
 same bytes.
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +29,7 @@ from labeler.core.images import sha256_file
 from labeler.export.dataset import ExportItem
 
 __all__ = [
+    "DOMAINS",
     "SHAPE_CLASSES",
     "make_shapes_image",
     "write_sample_images",
@@ -36,6 +42,36 @@ _BACKGROUNDS = ("noise", "gradient", "stripes")
 _SIDE_FRACTION = (0.12, 0.32)
 _PLACEMENT_TRIES = 50
 _EXIF_ORIENTATION_TAG = 0x0112
+DOMAINS: tuple[str, ...] = ("default", "shifted")
+_SHIFTED_BACKGROUNDS = ("checker", "blobs")
+_SHIFTED_SIDE_FRACTION = (0.10, 0.26)
+# Outline width of a shifted-domain shape, as a fraction of its side (at least 2 pixels).
+_SHIFTED_OUTLINE_FRACTION = (0.12, 0.22)
+
+
+def _shifted_background(
+    rng: np.random.Generator, image_wh: tuple[int, int]
+) -> npt.NDArray[np.uint8]:
+    """An ``(h, w, 3)`` uint8 texture of the shifted domain: a checkerboard or soft blobs."""
+    width, height = image_wh
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    kind = _SHIFTED_BACKGROUNDS[int(rng.integers(len(_SHIFTED_BACKGROUNDS)))]
+    if kind == "checker":
+        first, second = rng.uniform(0, 255, size=(2, 3)).astype(np.float32)
+        cell_px = int(rng.integers(5, 24))
+        checker = ((xs // cell_px + ys // cell_px) % 2).astype(np.float32)
+        base = first + checker[..., None] * (second - first)
+    else:
+        base = np.broadcast_to(rng.uniform(0, 255, size=3).astype(np.float32), (height, width, 3))
+        for _ in range(int(rng.integers(3, 7))):
+            centre_x, centre_y = rng.uniform(0, width), rng.uniform(0, height)
+            radius = rng.uniform(0.1, 0.4) * min(width, height)
+            weight = np.exp(-((xs - centre_x) ** 2 + (ys - centre_y) ** 2) / (2 * radius**2))
+            colour = rng.uniform(0, 255, size=3).astype(np.float32)
+            base = base + weight[..., None] * (colour - base)
+    grain = rng.normal(0, 8, size=(height, width, 1)).astype(np.float32)
+    textured: npt.NDArray[np.uint8] = np.clip(base + grain, 0, 255).astype(np.uint8)
+    return textured
 
 
 def _background(rng: np.random.Generator, image_wh: tuple[int, int]) -> npt.NDArray[np.uint8]:
@@ -65,19 +101,23 @@ def _background(rng: np.random.Generator, image_wh: tuple[int, int]) -> npt.NDAr
 
 
 def _shape_mask(
-    kind: str, image_wh: tuple[int, int], box: tuple[int, int, int, int]
+    kind: str, image_wh: tuple[int, int], box: tuple[int, int, int, int], outline_px: int = 0
 ) -> Image.Image:
-    """An ``L`` mask of one shape drawn inside ``box`` (x0, y0, x1, y1 with exclusive x1, y1)."""
+    """An ``L`` mask of one shape drawn inside ``box`` (x0, y0, x1, y1 with exclusive x1, y1);
+    with ``outline_px`` > 0 only its outline, that many pixels wide (a hollow shape)."""
     x0, y0, x1, y1 = box
     mask = Image.new("L", image_wh, 0)
     draw = ImageDraw.Draw(mask)
+    style: dict[str, Any] = (
+        {"outline": 255, "width": outline_px} if outline_px > 0 else {"fill": 255}
+    )
     # Pillow's coordinates are inclusive, hence the -1 on the far edges.
     if kind == "circle":
-        draw.ellipse((x0, y0, x1 - 1, y1 - 1), fill=255)
+        draw.ellipse((x0, y0, x1 - 1, y1 - 1), **style)
     elif kind == "square":
-        draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=255)
+        draw.rectangle((x0, y0, x1 - 1, y1 - 1), **style)
     elif kind == "triangle":
-        draw.polygon([(x0, y1 - 1), (x1 - 1, y1 - 1), ((x0 + x1 - 1) / 2, y0)], fill=255)
+        draw.polygon([(x0, y1 - 1), (x1 - 1, y1 - 1), ((x0 + x1 - 1) / 2, y0)], **style)
     else:
         raise ValueError(f"unknown shape {kind!r}; known shapes: {', '.join(SHAPE_CLASSES)}")
     return mask
@@ -97,12 +137,16 @@ def make_shapes_image(
     image_wh: tuple[int, int],
     n_shapes: int,
     classes: Sequence[str] = SHAPE_CLASSES,
+    *,
+    domain: str = "default",
 ) -> tuple[Image.Image, Detections]:
     """An RGB image with up to ``n_shapes`` non-overlapping shapes and their exact boxes.
 
     ``classes`` names the shapes to draw (each of ``circle``, ``square``, ``triangle``); a box's
     ``class_id`` indexes ``classes``. Fewer than ``n_shapes`` are drawn only when no free place is
     found (tiny images). Confidence is 1.0; ``metadata["image_wh"]`` is ``image_wh``.
+    ``domain="shifted"`` draws the shifted domain (see the module docstring); the default domain's
+    images are the same whether or not it is named.
     """
     width, height = image_wh
     if width < 8 or height < 8:
@@ -114,11 +158,16 @@ def make_shapes_image(
     unknown = [name for name in classes if name not in SHAPE_CLASSES]
     if unknown:
         raise ValueError(f"unknown shapes {unknown}; known shapes: {', '.join(SHAPE_CLASSES)}")
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown domain {domain!r}; known domains: {', '.join(DOMAINS)}")
+    shifted = domain == "shifted"
 
-    canvas = Image.fromarray(_background(rng, image_wh), "RGB")
+    background = _shifted_background if shifted else _background
+    canvas = Image.fromarray(background(rng, image_wh), "RGB")
     short_side = min(width, height)
-    side_lo = max(4, round(short_side * _SIDE_FRACTION[0]))
-    side_hi = max(side_lo + 1, round(short_side * _SIDE_FRACTION[1]))
+    side_fraction = _SHIFTED_SIDE_FRACTION if shifted else _SIDE_FRACTION
+    side_lo = max(4, round(short_side * side_fraction[0]))
+    side_hi = max(side_lo + 1, round(short_side * side_fraction[1]))
     placed: list[tuple[int, int, int, int]] = []
     xyxy: list[tuple[int, int, int, int]] = []
     class_ids: list[int] = []
@@ -136,7 +185,11 @@ def make_shapes_image(
                 break
         else:
             continue
-        mask = _shape_mask(classes[class_id], image_wh, box)
+        outline_px = 0
+        if shifted:
+            outline_fraction = rng.uniform(*_SHIFTED_OUTLINE_FRACTION)
+            outline_px = max(2, round(min(side_w, side_h) * outline_fraction))
+        mask = _shape_mask(classes[class_id], image_wh, box, outline_px)
         drawn = mask.getbbox()  # measured, so the box is exact whatever Pillow's rasteriser does
         if drawn is None:
             continue

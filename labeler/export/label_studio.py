@@ -42,6 +42,7 @@ from urllib.parse import quote
 
 import yaml
 
+from labeler.core.detections import box_iou
 from labeler.core.exceptions import InputError, StaleDecision
 from labeler.store.decisions import HUMAN_KEY, Action, HumanState
 from labeler.store.workspace import Workspace
@@ -111,16 +112,6 @@ def percent_to_xyxy(
     xs = [x + dx * cos - dy * sin for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
     ys = [y + dx * sin + dy * cos for dx, dy in ((0, 0), (w, 0), (w, h), (0, h))]
     return min(xs), min(ys), max(xs), max(ys)
-
-
-def _iou(a: Sequence[float], b: Sequence[float]) -> float:
-    inter_w = min(a[2], b[2]) - max(a[0], b[0])
-    inter_h = min(a[3], b[3]) - max(a[1], b[1])
-    if inter_w <= 0 or inter_h <= 0:
-        return 0.0
-    inter = inter_w * inter_h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _moved(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -583,7 +574,7 @@ def _match(
             left_results.append(result)
     candidates = sorted(
         (
-            (_iou(box.xyxy, result.xyxy), i, j)
+            (box_iou(box.xyxy, result.xyxy), i, j)
             for i, box in enumerate(by_id.values())
             for j, result in enumerate(left_results)
         ),

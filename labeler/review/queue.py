@@ -19,6 +19,8 @@ from typing import Any
 from labeler.core.exceptions import InputError, StaleDecision
 from labeler.export.dataset import unwritable_reasons
 from labeler.route import RouteThresholds, Status
+from labeler.segment.spec import mask_key
+from labeler.segment.stage import box_text
 from labeler.store.decisions import Action, HumanState, ReviewBox
 from labeler.store.workspace import Workspace
 
@@ -28,6 +30,7 @@ __all__ = [
     "DecisionRequest",
     "add_box",
     "apply_decisions",
+    "box_masks",
     "check_decisions",
     "image_boxes",
     "next_items",
@@ -129,6 +132,34 @@ def _box_view(
     }
 
 
+def box_masks(
+    workspace: Workspace, image_sha256s: Sequence[str], *, run_id: int | None = None
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The masks the run's segmenter stored for these images, by (image, box text): what a
+    reviewer sees over each box. Empty when the run made no masks (``--masks`` not given).
+
+    A mask is stored for the box it was computed on, so a box a reviewer moved since has none
+    (its old mask would mislead); the next run computes its mask.
+    """
+    run_id = workspace.latest_run_id() if run_id is None else run_id
+    config = workspace.run_config(run_id) if run_id is not None else None
+    spec = (config or {}).get("masks")
+    if not spec:
+        return {}
+    key = mask_key(spec)
+    return {
+        (sha, box): rle
+        for sha in dict.fromkeys(image_sha256s)
+        for box, rle in workspace.get_masks(sha, key).items()
+    }
+
+
+def _mask_of(
+    masks: dict[tuple[str, str], dict[str, Any]], image_sha256: str, xyxy: Sequence[float]
+) -> dict[str, Any] | None:
+    return masks.get((image_sha256, box_text(xyxy))) if masks else None
+
+
 def _run_id(workspace: Workspace) -> int:
     run_id = workspace.latest_run_id()
     if run_id is None:
@@ -144,10 +175,13 @@ def image_boxes(
     run_id = _run_id(workspace)
     sizes = workspace.image_sizes([image_sha256])
     boxes = workspace.review_boxes(run_id, image_sha256s=[image_sha256])
+    masks = box_masks(workspace, [image_sha256], run_id=run_id)
     return {
         "image_sha256": image_sha256,
         "image_wh": list(sizes[image_sha256]) if image_sha256 in sizes else None,
-        "boxes": [view for view, _ in _views_with_boxes(workspace, boxes, class_names, sizes)],
+        "boxes": [
+            view for view, _ in _views_with_boxes(workspace, boxes, class_names, sizes, masks)
+        ],
     }
 
 
@@ -204,9 +238,10 @@ def next_items(
     by_id = {box.proposal_id: box for box in wanted}
     images = list(dict.fromkeys(box.image_sha256 for box in wanted))
     sizes = workspace.image_sizes(images)
+    masks = box_masks(workspace, images, run_id=run_id)
     views_by_image: dict[str, list[dict[str, Any]]] = {}
     for view, box in _views_with_boxes(
-        workspace, workspace.review_boxes(run_id, image_sha256s=images), class_names, sizes
+        workspace, workspace.review_boxes(run_id, image_sha256s=images), class_names, sizes, masks
     ):
         views_by_image.setdefault(box.image_sha256, []).append(view)
     states = workspace.human_states(picked)
@@ -229,6 +264,7 @@ def next_items(
                 "question": box.question,
                 "answer": box.answer,
                 "reason": box.reason,
+                "mask": _mask_of(masks, box.image_sha256, box.xyxy),
                 "boxes": [
                     view
                     for view in views_by_image.get(box.image_sha256, [])
@@ -244,12 +280,14 @@ def _views_with_boxes(
     boxes: Sequence[ReviewBox],
     class_names: Sequence[str],
     sizes: dict[str, tuple[int, int]],
+    masks: dict[tuple[str, str], dict[str, Any]] | None = None,
 ) -> list[tuple[dict[str, Any], ReviewBox]]:
     states = workspace.human_states(box.proposal_id for box in boxes)
     pairs = []
     for box in boxes:
         view = _box_view(box, states.get(box.proposal_id), class_names, sizes.get(box.image_sha256))
         if view is not None:
+            view["mask"] = _mask_of(masks or {}, box.image_sha256, view["xyxy"])
             pairs.append((view, box))
     return pairs
 

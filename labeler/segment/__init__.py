@@ -3,10 +3,18 @@
 from labeler.segment.quality import MaskThresholds, mask_problem
 from labeler.segment.rle import as_rle, from_rle
 from labeler.segment.spec import DEFAULT_SEGMENTER, mask_key, parse_segmenter_spec
-from labeler.segment.stage import MaskStats, Segmenter, box_text, image_masks, load_segmenter
+from labeler.segment.stage import (
+    LazySegmenter,
+    MaskStats,
+    Segmenter,
+    box_text,
+    image_masks,
+    load_segmenter,
+)
 
 __all__ = [
     "DEFAULT_SEGMENTER",
+    "LazySegmenter",
     "MaskStats",
     "MaskThresholds",
     "Segmenter",

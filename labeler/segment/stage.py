@@ -16,7 +16,14 @@ from PIL import Image
 from labeler.segment.rle import as_rle
 from labeler.segment.spec import parse_segmenter_spec
 
-__all__ = ["MaskStats", "Segmenter", "box_text", "image_masks", "load_segmenter"]
+__all__ = [
+    "LazySegmenter",
+    "MaskStats",
+    "Segmenter",
+    "box_text",
+    "image_masks",
+    "load_segmenter",
+]
 
 
 class Segmenter(Protocol):
@@ -32,23 +39,44 @@ class MaskStats:
     sent_to_review: int = 0
 
 
-def load_segmenter(spec: str, *, device: str | None = None) -> Segmenter:
-    """The segmenter a ``--masks`` spec names (the registry: backend name -> loader)."""
-    backend, target = parse_segmenter_spec(spec)
-    loaders: dict[str, Callable[[str, str | None], Segmenter]] = {
-        "transformers": _load_transformers
-    }
-    if backend not in loaders:
-        from labeler.core.exceptions import InputError
+class LazySegmenter:
+    """A Segmenter that loads the real one at its first ``segment`` call, so a run whose masks
+    are all stored loads no model (a worker hands one to each job; ``load`` reads its cache)."""
 
-        raise InputError(f"--masks {spec!r}: the {backend} backend is not available yet")
-    return loaders[backend](target, device)
+    def __init__(self, load: Callable[[], Segmenter]) -> None:
+        self._load = load
+        self._loaded: Segmenter | None = None
+
+    def segment(self, image: Image.Image, xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded.segment(image, xyxy)
+
+
+def load_segmenter(spec: str, *, device: str | None = None) -> Segmenter:
+    """The segmenter a ``--masks`` spec names (the registry: backend name -> loader); ``device``
+    None or "auto" picks cuda when a GPU is visible."""
+    backend, target = parse_segmenter_spec(spec)
+    return _LOADERS[backend](target, device)
 
 
 def _load_transformers(target: str, device: str | None = None) -> Segmenter:
     from labeler.segment.transformers_sam import TransformersSegmenter
 
     return TransformersSegmenter(target, device=device)
+
+
+def _load_segment_anything(target: str, device: str | None = None) -> Segmenter:
+    from labeler.segment.segment_anything_backend import SegmentAnythingSegmenter
+
+    return SegmentAnythingSegmenter(target, device=device)
+
+
+# One loader per name in spec.BACKENDS; each imports its backend only when chosen.
+_LOADERS: dict[str, Callable[[str, str | None], Segmenter]] = {
+    "transformers": _load_transformers,
+    "segment-anything": _load_segment_anything,
+}
 
 
 def box_text(xyxy: Sequence[float]) -> str:

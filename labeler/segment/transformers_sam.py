@@ -1,5 +1,5 @@
-"""SAM and SAM-HQ through transformers, prompted with boxes: one image embedding per image, all of
-its boxes in one decoder call, the best-IoU mask of the three multimask outputs."""
+"""SAM, SAM-HQ and SAM 2 through transformers, prompted with boxes: one image embedding per image,
+all of its boxes in one decoder call, the best-IoU mask of the three multimask outputs."""
 
 from __future__ import annotations
 
@@ -11,13 +11,25 @@ from PIL import Image
 
 from labeler.core.exceptions import ModelLoadError
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "TransformersSegmenter"]
+__all__ = ["SUPPORTED_MODEL_TYPES", "TransformersSegmenter", "torch_device"]
 
-# model_type -> (model class, processor class) in transformers; both take input_boxes the same way.
+# model_type -> (model class, processor class) in transformers; all take input_boxes the same way.
+# SAM 2's processor resizes without padding, so its masks need no reshaped_input_sizes to crop.
 SUPPORTED_MODEL_TYPES = {
     "sam": ("SamModel", "SamProcessor"),
     "sam_hq": ("SamHQModel", "SamHQProcessor"),
+    "sam2": ("Sam2Model", "Sam2Processor"),
 }
+
+
+def torch_device(device: str | None) -> str:
+    """``None`` or ``"auto"`` (the service's setting) becomes cuda when a GPU is visible, else
+    cpu; any other name ("cpu", "cuda:1") is kept."""
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 class TransformersSegmenter:
@@ -53,7 +65,7 @@ class TransformersSegmenter:
             raise ModelLoadError(
                 f"segmenter {model_id!r} could not be loaded from the {where}: {error}; {hint}"
             ) from error
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(torch_device(device))
         self.model = model.to(self.device).eval()
 
     def segment(self, image: Image.Image, xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,10 +91,12 @@ class TransformersSegmenter:
                 input_boxes=inputs["input_boxes"],
                 multimask_output=True,
             )
+        # SAM and SAM-HQ crop their padding off by reshaped_input_sizes; SAM 2 pads none.
+        reshaped = inputs.get("reshaped_input_sizes")
         masks = self.processor.image_processor.post_process_masks(
             out.pred_masks.float().cpu(),
             inputs["original_sizes"].cpu(),
-            inputs["reshaped_input_sizes"].cpu(),
+            *([reshaped.cpu()] if reshaped is not None else []),
         )[0]  # (n, 3, h, w) bool
         iou = out.iou_scores.float().cpu()[0]  # (n, 3)
         best = iou.argmax(dim=-1)

@@ -8,7 +8,7 @@ size and mtime are unchanged is not hashed again.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,8 +34,9 @@ __all__ = ["FileRecord", "LabelRow", "StoredVerdict", "Workspace"]
 # v3: the review queue table, kept by triggers, and each run's label counts (labeler.store.
 # decisions); v2 files gain both, filled for their latest run.
 # v4: the masks table (labeler.segment), created for v3 files by the schema itself.
-SCHEMA_VERSION = 4
-_MIGRATIONS: dict[int, tuple[str, ...]] = {1: (), 2: REVIEW_QUEUE_MIGRATION, 3: ()}
+# v5: the student_boxes table (what a deployed student predicted on hard cases), likewise.
+SCHEMA_VERSION = 5
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: (), 2: REVIEW_QUEUE_MIGRATION, 3: (), 4: ()}
 DB_NAME = "workspace.db"
 
 _SCHEMA = (
@@ -115,6 +116,14 @@ _SCHEMA = (
     iou REAL NOT NULL,
     created_at TEXT NOT NULL,
     PRIMARY KEY (image_sha256, box, mask_key)
+)""",
+    # What the deployed student predicted on an image (a hard case), as JSON
+    # [{"class": name, "xyxy": [...]}, ...]: routing sends the proposals it disagrees on to review.
+    """CREATE TABLE IF NOT EXISTS student_boxes (
+    image_sha256 TEXT PRIMARY KEY,
+    boxes TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at TEXT NOT NULL
 )""",
     *DECISION_SCHEMA,
     *REVIEW_QUEUE_SCHEMA,
@@ -371,6 +380,29 @@ class Workspace(HumanDecisions, SpotChecks, SqliteFile):
                     for box, rle, iou in rows
                 ],
             )
+
+    # -- the deployed student's predictions ------------------------------------------------------
+
+    def save_student_boxes(
+        self, boxes: Mapping[str, Sequence[Mapping[str, Any]]], *, source: str
+    ) -> None:
+        """Store (replacing) the student's boxes per image SHA-256: ``{"class", "xyxy"}`` each."""
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO student_boxes VALUES (?, ?, ?, ?)",
+                [
+                    (sha, json.dumps([{"class": str(b["class"]), "xyxy": [float(v) for v in
+                                       b["xyxy"]]} for b in rows]), source, _now())
+                    for sha, rows in boxes.items()
+                ],
+            )  # fmt: skip
+
+    def student_boxes(self) -> dict[str, list[tuple[str, list[float]]]]:
+        """Every stored image's student boxes as (class name, xyxy)."""
+        return {
+            sha: [(box["class"], box["xyxy"]) for box in json.loads(text)]
+            for sha, text in self._db.execute("SELECT image_sha256, boxes FROM student_boxes")
+        }
 
     # -- runs and routed labels -------------------------------------------------------------------
 

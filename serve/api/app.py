@@ -24,6 +24,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from labeler.core.exceptions import InputError, ModelLoadError, PromptlabelError
 from serve.api.routes import (
     acceptance,
+    datasets,
+    hard_cases,
     health,
     images,
     jobs,
@@ -48,9 +50,10 @@ __all__ = ["add_error_handlers", "create_app"]
 log = logging.getLogger(__name__)
 
 JSON_BODY_LIMIT = 1024 * 1024  # JSON bodies are small; only uploads may be large
-# The routes that take files (image uploads and zips, an image to predict on): only they get the
+# The routes that take files (image uploads and zips, an image to predict on, a pushed hard
+# case's frame): only they get the
 # upload limit. Chosen by path, not by the client's Content-Type, which the client controls.
-UPLOAD_PATHS = re.compile(r"/v1/projects/[^/]+/(images|predict)/?")
+UPLOAD_PATHS = re.compile(r"/v1/projects/[^/]+/(images|predict|hard-cases)/?")
 # Work that may be slow or come in floods runs in thread pools of its own (``run_in_app_pool``),
 # so that a flood of one kind queues in its pool and never holds the thread pool that every sync
 # route needs. Predictions: one per CPU at a time. Uploads: they wait for a decode slot (one per
@@ -300,7 +303,8 @@ def create_app(
         lifespan=lifespan,
         # The docs list the tags in this order, whatever order the routes are matched in.
         openapi_tags=[
-            {"name": tag} for tag in ("service", "projects", "images", "jobs", "review", "models")
+            {"name": tag}
+            for tag in ("service", "projects", "images", "jobs", "review", "models", "hard-cases")
         ],
     )
     app.state.db = database
@@ -315,7 +319,8 @@ def create_app(
     app.include_router(models.predict_router, responses=error_responses(401, 403))
     app.include_router(health.router)
     # every route of these needs a key
-    for router in (projects, images, jobs, review, spot_checks, acceptance, models):
+    keyed = (projects, images, jobs, review, spot_checks, acceptance, models, hard_cases, datasets)
+    for router in keyed:
         app.include_router(router.router, responses=error_responses(401, 403))
     app.include_router(pages.session_router)
     pages.mount_review_page(app)

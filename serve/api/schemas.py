@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal, overload
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distill.train import DEFAULT_BATCH, DEFAULT_IMGSZ, DEFAULT_PATIENCE
 from labeler.export.dataset import DEFAULT_VAL_FRACTION
@@ -14,8 +14,11 @@ from labeler.route import RouteThresholds
 from labeler.verify.templates import DEFAULT_VERIFY_MODE
 
 __all__ = [
+    "CollectionOutcome",
+    "CompressedMaskRle",
     "DetectionPublic",
     "ErrorBody",
+    "GateCheckPublic",
     "HealthPublic",
     "ImagePublic",
     "ImageUploadResult",
@@ -24,6 +27,7 @@ __all__ = [
     "JobResultItem",
     "JobResultsPage",
     "LabelJobCreate",
+    "MaskRle",
     "ModelPublic",
     "OntologyClassIn",
     "OntologyIn",
@@ -146,6 +150,12 @@ class LabelJobCreate(_In):
     image_ids: list[str] | None = Field(
         default=None, description="Images to label; null for every image of the project."
     )
+    hard_cases: bool = Field(
+        default=False,
+        description="Label the hard-case inbox: every hard case no labeling job has taken yet "
+        "(the next round). The students' predictions come along: proposals a student "
+        "disagrees on go to review (student_disagrees). Not with image_ids.",
+    )
     detector: str = Field(default="default", description="A detector name the server offers.")
     verifier: str = Field(default="none", description="A verifier name the server offers.")
     verify_mode: Literal["crop", "marks"] = DEFAULT_VERIFY_MODE
@@ -168,14 +178,29 @@ class LabelJobCreate(_In):
 
 
 class TrainJobCreate(_In):
-    label_job_id: str = Field(description="A finished labeling job whose dataset to train on.")
-    base: str = Field(default="yolo11n", description="A starting model name the server offers.")
+    label_job_id: str | None = Field(
+        default=None, description="A finished labeling job whose dataset to train on."
+    )
+    dataset_version: str | None = Field(
+        default=None, description="Or a dataset version to train on (d3, or latest)."
+    )
+    base: str = Field(
+        default="yolo11n",
+        description="A starting model name the server offers, or production: fine-tune the "
+        "project's production model (the next round of the loop).",
+    )
     # Half the CLI's 100 epochs: a service job shares its machine with other projects' jobs.
     epochs: int = Field(default=50, ge=1, le=1000)
     imgsz: int = Field(default=DEFAULT_IMGSZ, ge=32, le=2048, multiple_of=32)
     batch: int = Field(default=DEFAULT_BATCH, ge=1, le=512)
     patience: int = Field(default=DEFAULT_PATIENCE, ge=0, le=1000)
     seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_dataset(self) -> TrainJobCreate:
+        if (self.label_job_id is None) == (self.dataset_version is None):
+            raise ValueError("give exactly one of label_job_id and dataset_version")
+        return self
 
 
 class StageProgress(BaseModel):
@@ -242,6 +267,23 @@ class JobResultsPage(BaseModel):
     next_offset: int | None
 
 
+class GateCheckPublic(BaseModel):
+    """One comparison the promotion gate made (``distill.registry.GateCheck``)."""
+
+    data: str = Field(description="The evaluation set's data.yaml (server paths taken out).")
+    split: str = Field(description="The split compared on: val, hard_cases, ...")
+    class_name: str | None = Field(description="The class compared; null for the overall mAP.")
+    candidate_map50_95: float
+    production_map50_95: float
+    instances: float | None = Field(
+        description="Ground-truth boxes of the class in the split; null overall or unknown."
+    )
+    outcome: Literal["pass", "worse", "too_few_instances"] = Field(
+        description="pass: lost at most the tolerance; worse: lost more (refuses the candidate); "
+        "too_few_instances: lost more, but too few boxes to judge, so it does not refuse."
+    )
+
+
 class PromotionPublic(BaseModel):
     candidate: str
     production_before: str | None
@@ -262,6 +304,11 @@ class PromotionPublic(BaseModel):
         description="Production's score was measured now (true) or read from its stored metrics."
     )
     created_at: str
+    checks: list[GateCheckPublic] = Field(
+        default_factory=list,
+        description="Every comparison behind the decision: overall and per class, on each "
+        "evaluation set (empty when nothing was compared).",
+    )
 
 
 class ModelPublic(BaseModel):
@@ -322,15 +369,43 @@ class DetectionPublic(BaseModel):
     )
 
 
+class CollectionOutcome(BaseModel):
+    collected: bool
+    reasons: list[str] = Field(description="Why the policy wants the frame; [] if it does not.")
+    skipped: str | None = Field(
+        default=None,
+        description="Why a frame was not kept: no_policy (the project has none), no_reason, "
+        "duplicate (near a recently kept frame) or rate_limited.",
+    )
+    hard_case_id: str | None = None
+
+
 class PredictResult(BaseModel):
     model_version: str
     image_wh: tuple[int, int] = Field(description="Width and height of the image in pixels.")
     detections: list[DetectionPublic] = Field(description="Boxes at or above `conf`.")
+    collection: CollectionOutcome | None = Field(
+        default=None, description="With collect=true: whether and why the frame was kept."
+    )
 
 
 # -- review (serve.api.routes.review) ---------------------------------------------------------
 
 _XYXY = "Left, top, right, bottom in pixels of the image (EXIF orientation applied)."
+
+
+class CompressedMaskRle(BaseModel):
+    """A mask as COCO's compressed RLE, as pycocotools writes it (``pycocotools.mask.decode``
+    reads it); ``MaskRle`` is the uncompressed form devices write without pycocotools."""
+
+    size: tuple[int, int] = Field(description="Height and width of the image, in pixels.")
+    counts: str = Field(description="pycocotools' compressed run lengths, column-major.")
+
+
+_MASK = (
+    "The segmenter's mask of this box (labeling with --masks / the job option masks); null: "
+    "none (no masks, or a reviewer moved the box since)."
+)
 
 
 class ReviewBoxPublic(BaseModel):
@@ -350,6 +425,7 @@ class ReviewBoxPublic(BaseModel):
     added: bool = Field(description="A reviewer added it (the detector did not propose it).")
     score: float | None = Field(description="The detector's score; null for added boxes.")
     yes_prob: float | None = Field(description="The verifier's P(yes); null when none.")
+    mask: CompressedMaskRle | None = Field(default=None, description=_MASK)
 
 
 class ReviewItemPublic(BaseModel):
@@ -368,6 +444,7 @@ class ReviewItemPublic(BaseModel):
     question: str | None = Field(description="The question the verifier was asked.")
     answer: str | None = Field(description="The verifier's raw answer text.")
     reason: str | None = Field(description="Why the route sent it to review.")
+    mask: CompressedMaskRle | None = Field(default=None, description=_MASK)
     boxes: list[ReviewBoxPublic] = Field(description="Every other box of the image, as it stands.")
 
 

@@ -78,6 +78,7 @@ class SpotCheckItemPublic(BaseModel):
     class_id: int | None = Field(description="null: a class the ontology no longer has.")
     class_name: str = Field(alias="class")
     xyxy: tuple[float, float, float, float] = Field(description=_XYXY)
+    # No mask: masks are made for accepted boxes only, so a mask would tell the stratum.
 
 
 class SpotCheckQueuePublic(BaseModel):

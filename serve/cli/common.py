@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -31,6 +31,7 @@ from rich.progress import (
 )
 
 __all__ = [
+    "JsonOption",
     "RichProgressSink",
     "console",
     "env_default",
@@ -46,6 +47,11 @@ __all__ = [
 _Settings = TypeVar("_Settings", bound=BaseSettings)
 
 console = Console(stderr=True)
+
+# Every command that lists or reports takes it (CONVENTIONS: the command line).
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the result as JSON on stdout instead of a table.")
+]
 
 # How wide a result may be drawn into a pipe or a file: rich's 80 columns squeeze the columns of
 # `models list` to nothing there, which defeats `| grep`.

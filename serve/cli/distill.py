@@ -23,6 +23,7 @@ from distill.train import (
 )
 from labeler.core.exceptions import InputError, PromptlabelError
 from serve.cli.common import (
+    JsonOption,
     console,
     env_default,
     fail,
@@ -36,27 +37,36 @@ from serve.cli.common import (
 if TYPE_CHECKING:
     from distill.registry import ModelVersion, PromotionDecision, Registry
 
-__all__ = ["eval_command", "export_command", "models_app", "train_command"]
+__all__ = [
+    "WorkspaceOption",
+    "default_workspace",
+    "eval_command",
+    "export_command",
+    "models_app",
+    "train_command",
+]
 
 models_app = typer.Typer(
     help="The model registry: list, show, promote, import.", no_args_is_help=True
 )
 
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print the result as JSON on stdout instead of a table.")
-]
-
 WorkspaceOption = Annotated[
     Path | None,
     typer.Option(
         "--workspace",
-        help="Workspace holding the registry (default: $PROMPTLABEL_WORKSPACE or ./.promptlabel).",
+        help="Workspace holding the registry and datasets/ (default: $PROMPTLABEL_WORKSPACE or "
+        "./.promptlabel).",
     ),
 ]
 
 
+def default_workspace(option: Path | None) -> Path:
+    """``--workspace``, else ``$PROMPTLABEL_WORKSPACE``, else ``./.promptlabel``."""
+    return option or settings_or_exit(get_train_settings).workspace or Path(".promptlabel")
+
+
 def _workspace(option: Path | None, *, must_exist: bool = True) -> Path:
-    workspace = option or settings_or_exit(get_train_settings).workspace or Path(".promptlabel")
+    workspace = default_workspace(option)
     if must_exist and not (workspace / "registry.db").exists():
         raise InputError(
             f"no model registry in {workspace}: pass --workspace DATASET_DIR/.promptlabel "
@@ -78,18 +88,25 @@ def _fmt(value: Any) -> str:
 
 def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
     table = Table(title=title, header_style="bold")
-    for column in ("class", "instances", "precision", "recall", "mAP50", "mAP50-95"):
+    # Segmentation students scored on polygon labels also have mask mAP (COCO "segm").
+    mask_per_class = metrics.get("mask_per_class")
+    mask_keys = ("map50", "map50_95") if mask_per_class is not None else ()
+    mask_columns = ("mask mAP50", "mask mAP50-95") if mask_keys else ()
+    for column in ("class", "instances", "precision", "recall", "mAP50", "mAP50-95", *mask_columns):
         table.add_column(column, justify="left" if column == "class" else "right")
     for name, row in metrics.get("per_class", {}).items():
+        mask_row = (mask_per_class or {}).get(name, {})
         table.add_row(
             name,
             _fmt(int(row["instances"]) if "instances" in row else None),
             *(_fmt(row.get(k)) for k in ("precision", "recall", "map50", "map50_95")),
+            *(_fmt(mask_row.get(k)) for k in mask_keys),
         )
     table.add_row(
         "[bold]all[/]",
         "",
         *(_fmt(metrics.get(k)) for k in ("precision", "recall", "map50", "map50_95")),
+        *(_fmt(metrics.get(f"mask_{k}")) for k in mask_keys),
     )
     return table
 
@@ -107,7 +124,11 @@ class _EpochBar:
 def train_command(
     dataset_dir: Annotated[Path, typer.Argument(help="A dataset written by `promptlabel label`.")],
     base: Annotated[
-        str, typer.Option(help="Starting weights (.pt) or an architecture (.yaml, from scratch).")
+        str,
+        typer.Option(
+            help="Starting weights (.pt), an architecture (.yaml, from scratch), or production: "
+            "fine-tune the registry's production model (the next round of the loop)."
+        ),
     ] = DEFAULT_BASE,
     epochs: Annotated[int, typer.Option(help="Training epochs.")] = DEFAULT_EPOCHS,
     imgsz: Annotated[int, typer.Option(help="Training image size.")] = DEFAULT_IMGSZ,
@@ -121,7 +142,8 @@ def train_command(
         Path | None,
         typer.Option(
             "--workspace",
-            help="Workspace for the registry and the runs (default: DATASET_DIR/.promptlabel).",
+            help="Workspace for the registry and the runs (default: DATASET_DIR/.promptlabel; "
+            "for a dataset version, the workspace holding it).",
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -129,12 +151,14 @@ def train_command(
     """Train a YOLO student on DATASET_DIR, evaluate it on the val split and register it."""
     setup_logging(verbose)
     from distill.dataset import resolve_data_yaml
+    from distill.dataset_versions import version_workspace
     from distill.runs import train_and_register
     from distill.train import new_run_dir
 
     try:
         # DATASET_DIR may also name the data.yaml itself, as Ultralytics users are used to.
-        registry_dir = workspace or resolve_data_yaml(dataset_dir).parent / ".promptlabel"
+        folder = resolve_data_yaml(dataset_dir).parent
+        registry_dir = workspace or version_workspace(folder) or folder / ".promptlabel"
         with make_progress() as progress:
             run = train_and_register(
                 dataset_dir,
@@ -349,17 +373,20 @@ def models_promote(
     workspace: WorkspaceOption = None,
 ) -> None:
     """Promote a version if it is not worse than production on production's evaluation set."""
-    from distill.registry import evaluation_metrics
+    from distill.registry import evaluation_metrics, hard_case_eval_set
 
     if tolerance is None:
         tolerance = settings_or_exit(get_train_settings).promote_tolerance
     try:
         with _open_registry(workspace) as registry, console.status("Evaluating against production"):
+            hard_cases = hard_case_eval_set(registry.get(version))
             decision = registry.promote(
                 version,
                 evaluate=partial(evaluation_metrics, device=device),
                 tolerance=tolerance,
                 force=force,
+                # A dataset version's held-out hard cases: did the candidate learn them?
+                extra_eval_sets=[hard_cases] if hard_cases is not None else [],
             )
     except PromptlabelError as error:
         raise fail(str(error)) from None
@@ -367,6 +394,22 @@ def models_promote(
         f"candidate mAP50-95 {_fmt(decision.candidate_map50_95)}, "
         f"production {_fmt(decision.production_map50_95)}, tolerance {decision.tolerance}"
     )
+    if decision.checks:
+        # The gate's comparisons, overall and per class on each set: the result, on stdout.
+        checks = Table(header_style="bold")
+        for column in ("split", "class", "candidate", "production", "change", "boxes", "gate"):
+            checks.add_column(column, justify="left" if column in {"split", "class"} else "right")
+        for check in decision.checks:
+            checks.add_row(
+                check.eval_set.split,
+                "(overall)" if check.class_name is None else check.class_name,
+                _fmt(check.candidate_map50_95),
+                _fmt(check.production_map50_95),
+                f"{-check.drop:+.4f}",
+                "-" if check.instances is None else f"{check.instances:g}",
+                check.outcome,
+            )
+        results.print(checks)
     if not decision.promoted:
         console.print(f"[bold red]refused:[/] {decision.reason} ({numbers})", highlight=False)
         raise typer.Exit(code=1)

@@ -17,6 +17,8 @@ from serve.cli.common import (
     fail,
     given,
     make_progress,
+    print_json,
+    results,
     settings_or_exit,
     setup_logging,
 )
@@ -174,6 +176,14 @@ def label(
             show_default="off",
         ),
     ] = None,
+    student_predictions: Annotated[
+        Path | None,
+        typer.Option(
+            help="What a deployed student predicted on these images: an outbox folder "
+            "(predict --collect) or `predict --json` output. Proposals it disagrees on (it "
+            "missed an accepted box, or found a rejected one) go to review.",
+        ),
+    ] = None,
     workspace: Annotated[
         Path | None, typer.Option(help="Workspace folder (default: OUT/.promptlabel).")
     ] = None,
@@ -209,6 +219,7 @@ def label(
     from labeler.pipeline import LabelConfig, run_label
     from labeler.propose.options import DetectorOptions
     from labeler.route import RouteThresholds
+    from labeler.student import load_student_predictions
 
     try:
         config = LabelConfig(
@@ -241,6 +252,9 @@ def label(
             max_image_pixels=settings.max_image_pixels,
             workspace_dir=workspace,
             masks=masks,
+            student_predictions=(
+                load_student_predictions(student_predictions) if student_predictions else None
+            ),
         )
         with make_progress() as progress:
             report = run_label(config, progress=RichProgressSink(progress))
@@ -255,26 +269,54 @@ def label(
 
 
 def demo(
-    out: Annotated[Path, typer.Option(help="Where to write sample images and the dataset.")] = Path(
+    out: Annotated[Path, typer.Option(help="Where to write everything the demo makes.")] = Path(
         "demo-out"
     ),
-    images: Annotated[int, typer.Option(help="Number of sample images to generate.")] = 8,
+    images: Annotated[
+        int, typer.Option(help="Sample images to label (default: 12 for the loop, 8 alone).")
+    ] = 0,
+    labels_only: Annotated[
+        bool, typer.Option("--labels-only", help="Only the first step: label sample images.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print every step's summary as JSON on stdout.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Generate sample images and run the full label pipeline on them.
+    """The whole loop on generated images: class prompts, labels, review, a student, ONNX,
+    predictions on new images, hard cases, a second labeling round, a fine-tuned student and a
+    gated promotion, with a short summary after each step.
 
     Uses the real default models when they can be loaded; offline it says so and falls back to tiny
-    random local checkpoints (a smoke run: the labels are meaningless).
+    random local checkpoints (a smoke run: the labels, and so the models, are meaningless).
     """
     settings_or_exit(get_label_settings)  # a bad PROMPTLABEL_* variable: one line, exit 2
     setup_logging(verbose)
-    from labeler.demo.run import run_demo
+    if labels_only:
+        from labeler.demo.run import run_demo
+
+        try:
+            with make_progress() as progress:
+                report = run_demo(
+                    out,
+                    n_images=images or 8,
+                    progress=RichProgressSink(progress),
+                    say=console.print,
+                )
+        except PromptlabelError as error:
+            raise fail(str(error)) from None
+        print_report(report)
+        return
+    from serve.loop import LoopSettings, run_loop_demo
 
     try:
-        with make_progress() as progress:
-            report = run_demo(
-                out, n_images=images, progress=RichProgressSink(progress), say=console.print
-            )
+        steps = run_loop_demo(out, settings=LoopSettings(images=images or 12), say=console.print)
     except PromptlabelError as error:
         raise fail(str(error)) from None
-    print_report(report)
+    if as_json:
+        print_json(steps)
+        return
+    results.print(
+        f"the loop ran in {steps.get('seconds', 0):.0f} s; everything it made is in {out}",
+        highlight=False,
+    )

@@ -1,7 +1,7 @@
 """The ``promptlabel`` command: a thin layer over the packages' public functions.
 
-One module per command group: ``label`` (label, demo), ``predict``, ``distill`` (train, eval,
-models, export) and ``service`` (serve, worker, projects, keys).
+One module per command group: ``label`` (label, demo), ``predict``, ``push``, ``distill`` (train,
+eval, models, export) and ``service`` (serve, worker, projects, keys).
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ from typing import Annotated
 
 import typer
 
+from serve.cli import datasets as cli_datasets
 from serve.cli import distill as cli_distill
 from serve.cli import label as cli_label
 from serve.cli import label_studio as cli_label_studio
 from serve.cli import predict as cli_predict
+from serve.cli import push as cli_push
 from serve.cli import review as cli_review
 from serve.cli import service as cli_service
 from serve.cli.common import console, fail, results
@@ -59,9 +61,11 @@ def _root(
 app.command("label")(cli_label.label)
 app.command("demo")(cli_label.demo)
 app.command("predict")(cli_predict.predict)
+app.command("push")(cli_push.push)
 app.command("train")(cli_distill.train_command)
 app.command("eval")(cli_distill.eval_command)
 app.add_typer(cli_distill.models_app, name="models")
+app.add_typer(cli_datasets.datasets_app, name="datasets")
 app.command("export")(cli_distill.export_command)
 app.command("serve")(cli_service.serve_command)
 app.command("worker")(cli_service.worker_command)

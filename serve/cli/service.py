@@ -14,7 +14,15 @@ import typer
 from rich.table import Table
 
 from labeler.core.exceptions import PromptlabelError
-from serve.cli.common import console, env_default, fail, print_json, results, settings_or_exit
+from serve.cli.common import (
+    JsonOption,
+    console,
+    env_default,
+    fail,
+    print_json,
+    results,
+    settings_or_exit,
+)
 from serve.settings import ServiceSettings, get_service_settings
 
 __all__ = ["keys_app", "projects_app", "serve_command", "worker_command"]
@@ -36,10 +44,6 @@ class KeyRole(StrEnum):
 
 
 LogFormatOption = Annotated[LogFormat, typer.Option(help="One JSON object per line, or text.")]
-
-JsonOption = Annotated[
-    bool, typer.Option("--json", help="Print the list as JSON on stdout instead of a table.")
-]
 
 DataDirOption = Annotated[
     Path | None,

@@ -25,7 +25,7 @@ from labeler.core.exceptions import InputError
 from labeler.propose.options import DetectorOptions
 from serve.api.auth import new_id
 from serve.api.schemas import LabelJobCreate, TrainJobCreate
-from serve.db import Database, images, job_images, jobs, projects
+from serve.db import Database, hard_cases, images, job_images, jobs, projects
 from serve.errors import ConflictError, NotFoundError
 from serve.ingest.store import get_images
 from serve.jobs.acceptance import require_accepted_for_training
@@ -146,8 +146,10 @@ def _insert_job(
     params: dict[str, Any],
     idempotency_key: str | None,
     image_ids: list[str] = [],  # noqa: B006 - read only
+    take_hard_cases: bool = False,
 ) -> tuple[JobRecord, bool]:
-    """Insert a queued job; with an idempotency key, a repeat returns the first job instead."""
+    """Insert a queued job; with an idempotency key, a repeat returns the first job instead.
+    ``take_hard_cases``: mark the project's untaken hard cases among ``image_ids`` as the job's."""
     if idempotency_key is not None and not 1 <= len(idempotency_key) <= 200:
         raise InputError("Idempotency-Key must be 1 to 200 characters")
     request_sha256 = _request_sha256(kind, request)
@@ -172,6 +174,17 @@ def _insert_job(
     try:
         with db.write() as connection:
             connection.execute(jobs.insert().values(**values))
+            if take_hard_cases:
+                # In the job's own transaction: the hard cases are taken exactly when it exists.
+                connection.execute(
+                    hard_cases.update()
+                    .where(
+                        hard_cases.c.project_id == project_id,
+                        hard_cases.c.consumed_by_job.is_(None),
+                        hard_cases.c.image_id.in_(image_ids or []),
+                    )
+                    .values(consumed_by_job=values["id"])
+                )
             if image_ids:
                 connection.execute(
                     job_images.insert(),
@@ -204,6 +217,9 @@ def submit_label_job(
     idempotency_key: str | None = None,
 ) -> tuple[JobRecord, bool]:
     """Queue a labeling job; returns the job and whether it was created (False: a replay)."""
+    if idempotency_key is not None and (found := _existing(db, project_id, idempotency_key)):
+        # Before the images are chosen: a replay of a job that took the inbox finds it empty.
+        return _replay(found, _request_sha256(JobKind.LABEL, request)), False
     _choose(request.detector, settings.service_detectors, "detector")
     _choose(request.verifier, settings.service_verifiers, "verifier")
     if request.masks is not None:
@@ -223,7 +239,24 @@ def submit_label_job(
         ontology = connection.execute(
             sa.select(projects.c.ontology).where(projects.c.id == project_id)
         ).scalar_one()
-        if request.image_ids is None:
+        if request.hard_cases:
+            if request.image_ids is not None:
+                raise InputError("image_ids: not with hard_cases (the inbox names the images)")
+            image_ids = list(
+                connection.execute(
+                    sa.select(hard_cases.c.image_id)
+                    .where(
+                        hard_cases.c.project_id == project_id,
+                        hard_cases.c.consumed_by_job.is_(None),
+                    )
+                    .order_by(hard_cases.c.first_seen_at, hard_cases.c.id)
+                ).scalars()
+            )
+            if not image_ids:
+                raise ConflictError(
+                    "hard_cases: the inbox holds no hard case that no labeling job has taken"
+                )
+        elif request.image_ids is None:
             image_ids = list(
                 connection.execute(
                     sa.select(images.c.id)
@@ -256,6 +289,7 @@ def submit_label_job(
         params=params,
         idempotency_key=idempotency_key,
         image_ids=image_ids,
+        take_hard_cases=request.hard_cases,
     )
 
 
@@ -267,16 +301,33 @@ def submit_train_job(
     request: TrainJobCreate,
     idempotency_key: str | None = None,
 ) -> tuple[JobRecord, bool]:
-    """Queue a training job on a finished labeling job's dataset."""
-    _choose(request.base, settings.service_train_bases, "base")
-    source = get_job(db, project_id=project_id, job_id=request.label_job_id)
-    if source.kind != JobKind.LABEL:
-        raise InputError(f"label_job_id: {source.id} is a {source.kind} job, not a labeling job")
-    if source.status != JobStatus.SUCCEEDED:
-        raise ConflictError(f"label_job_id: job {source.id} is {source.status}, not succeeded")
-    # A replay of an earlier submit answers with its job, whatever became of the acceptance.
-    if idempotency_key is None or _existing(db, project_id, idempotency_key) is None:
-        require_accepted_for_training(db, source=source)
+    """Queue a training job on a finished labeling job's dataset or on a dataset version, from
+    a base the server offers or from the production model (``base: production``)."""
+    from distill.runs import PRODUCTION_BASE
+
+    replay = idempotency_key is not None and _existing(db, project_id, idempotency_key) is not None
+    if request.base == PRODUCTION_BASE:
+        if not replay:
+            _require_production_checkpoint(settings, project_id)
+    else:
+        _choose(request.base, settings.service_train_bases, "base")
+    if request.dataset_version is not None:
+        from serve.jobs.dataset_versions import get_version
+
+        # Its jobs were checked (succeeded, accepted where required) when it was built.
+        get_version(settings.data_dir, project_id, request.dataset_version)
+    else:
+        assert request.label_job_id is not None  # the schema requires one of the two
+        source = get_job(db, project_id=project_id, job_id=request.label_job_id)
+        if source.kind != JobKind.LABEL:
+            raise InputError(
+                f"label_job_id: {source.id} is a {source.kind} job, not a labeling job"
+            )
+        if source.status != JobStatus.SUCCEEDED:
+            raise ConflictError(f"label_job_id: job {source.id} is {source.status}, not succeeded")
+        # A replay of an earlier submit answers with its job, whatever became of the acceptance.
+        if not replay:
+            require_accepted_for_training(db, source=source)
     return _insert_job(
         db,
         settings=settings,
@@ -286,6 +337,26 @@ def submit_train_job(
         params=request.model_dump(mode="json"),
         idempotency_key=idempotency_key,
     )
+
+
+def _require_production_checkpoint(settings: ServiceSettings, project_id: str) -> None:
+    """ConflictError (409) unless the project has a production checkpoint to fine-tune from
+    (what ``distill.runs.resolve_base`` will look for, said in the project's words)."""
+    from distill.registry import Registry
+    from serve.jobs.worker import registry_dir
+
+    with Registry(registry_dir(settings.data_dir, project_id)) as registry:
+        production = registry.production()
+    if production is None:
+        raise ConflictError(
+            "base: production, but this project has no production model yet: promote one "
+            "first, or choose another base"
+        )
+    if production.weights.suffix != ".pt":
+        raise ConflictError(
+            f"base: production model {production.version} is an imported export, not a "
+            "checkpoint to fine-tune; choose another base"
+        )
 
 
 def get_job(db: Database, *, project_id: str, job_id: str) -> JobRecord:

@@ -28,7 +28,7 @@ from labeler.core.exceptions import DetectorError, ModelLoadError, PromptlabelEr
 from labeler.core.files import copy_atomically
 from labeler.propose.options import DetectorOptions
 from serve.api.schemas import LabelJobCreate, TrainJobCreate
-from serve.db import Database, images, job_images, projects
+from serve.db import Database, hard_cases, images, job_images, projects
 from serve.ingest.store import blob_path
 from serve.jobs.queue import (
     ClaimedJob,
@@ -49,6 +49,7 @@ from serve.telemetry import JOB_SECONDS, JOBS_FINISHED, job_log_context
 if TYPE_CHECKING:
     from labeler.pipeline import LabelConfig
     from labeler.propose.detector import Detector
+    from labeler.segment import Segmenter
     from labeler.verify import Verifier
 
 __all__ = [
@@ -82,11 +83,13 @@ def registry_dir(data_dir: Path, project_id: str) -> Path:
 
 
 class ModelCache:
-    """Models one worker keeps between jobs: detector weights by model id, verifiers by spec."""
+    """Models one worker keeps between jobs: detector weights by model id, verifiers and
+    segmenters by spec."""
 
     def __init__(self) -> None:
         self._detectors: dict[tuple[str, str, str], Detector] = {}
         self._verifiers: dict[tuple[Any, ...], Verifier | None] = {}
+        self._segmenters: dict[tuple[str, str], Segmenter] = {}
         self._lock = threading.Lock()
 
     def detector(self, model_id: str, options: DetectorOptions) -> Detector:
@@ -116,6 +119,21 @@ class ModelCache:
                     device=settings.service_device,
                 )
             return self._verifiers[key]
+
+    def segmenter(self, spec: str, *, device: str) -> Segmenter:
+        """The segmenter for ``spec``, loaded at a job's first mask (a job whose masks are all
+        stored loads none) and kept for the next jobs, one segmenter in memory at a time."""
+        from labeler.segment import LazySegmenter, load_segmenter
+
+        def load() -> Segmenter:
+            key = (spec, device)
+            with self._lock:
+                if key not in self._segmenters:
+                    self._segmenters.clear()
+                    self._segmenters[key] = load_segmenter(spec, device=device)
+                return self._segmenters[key]
+
+        return LazySegmenter(load)
 
 
 @dataclass
@@ -313,7 +331,23 @@ def label_job_config(
         max_image_pixels=settings.max_image_pixels,
         workspace_dir=folder / "workspace",
         masks=settings.service_segmenters[request.masks] if request.masks else None,
+        student_predictions=student_predictions(db, job_id) if request.hard_cases else None,
     )
+
+
+def student_predictions(db: Database, job_id: str) -> dict[str, list[dict[str, Any]]]:
+    """What the devices' student predicted on the hard cases job ``job_id`` took, by image
+    SHA-256 (the first sender's predictions)."""
+    with db.read() as connection:
+        rows = connection.execute(
+            sa.select(images.c.sha256, hard_cases.c.predictions)
+            .join(hard_cases, hard_cases.c.image_id == images.c.id)
+            .where(hard_cases.c.consumed_by_job == job_id)
+        ).all()
+    return {
+        sha: [{"class": p["class"], "xyxy": p["xyxy"]} for p in predictions or []]
+        for sha, predictions in rows
+    }
 
 
 def label_job_outcome(
@@ -404,7 +438,12 @@ def run_label_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection
     by_stem = materialize_job_images(rows, settings.data_dir, config.images_dir)
     detector = ctx.models.detector(config.detector, config.detector_options)
     verifier = ctx.models.verifier(config.verifier, settings=settings, mode=config.verify_mode)
-    report = run_label(config, progress=ctx.progress, detector=detector, verifier=verifier)
+    segmenter = (
+        ctx.models.segmenter(config.masks, device=settings.service_device) if config.masks else None
+    )
+    report = run_label(
+        config, progress=ctx.progress, detector=detector, verifier=verifier, segmenter=segmenter
+    )
     return label_job_outcome(
         job_id=ctx.job.id,
         params=ctx.job.params,
@@ -422,7 +461,7 @@ def run_train_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection
     """Train a student on a labeling job's dataset, export it to ONNX, then register both: a run
     that fails or is cancelled before the end leaves no version in the registry."""
     from distill.export import export_model
-    from distill.runs import train_and_register
+    from distill.runs import PRODUCTION_BASE, train_and_register
     from distill.train import TrainResult
 
     settings = ctx.settings
@@ -444,11 +483,23 @@ def run_train_job(ctx: JobContext) -> tuple[dict[str, Any], Callable[[Connection
         ctx.progress.advance("export", checkpoint=True)
         return {"onnx": exported.path}
 
+    if params.dataset_version is not None:
+        from serve.jobs.dataset_versions import get_version
+
+        data = get_version(settings.data_dir, ctx.job.project_id, params.dataset_version).path
+    else:
+        assert params.label_job_id is not None  # the schema requires one of the two
+        data = dataset_dir(settings.data_dir, params.label_job_id)
     run = train_and_register(
-        dataset_dir(settings.data_dir, params.label_job_id),
+        data,
         registry_dir=registry_dir(settings.data_dir, ctx.job.project_id),
         out_dir=run_dir,
-        base=settings.service_train_bases[params.base],
+        # "production" is resolved against the registry when training starts (distill.runs).
+        base=(
+            params.base
+            if params.base == PRODUCTION_BASE
+            else settings.service_train_bases[params.base]
+        ),
         epochs=params.epochs,
         imgsz=params.imgsz,
         batch=params.batch,

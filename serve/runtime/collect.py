@@ -1,7 +1,8 @@
 """Which frames a device keeps as hard cases: a collection policy, its decision, rate limits and
 near-duplicate suppression. Base install only (numpy, Pillow, PyYAML, pydantic).
 
-A policy YAML file (every key optional)::
+A policy YAML file (every key optional; the defaults: the band ``"*": [0.25, 0.5]``, rate limits
+6 a minute, 60 an hour, 500 a day, near-duplicates at distance 6 skipped, nothing else)::
 
     confidence_band: {person: [0.25, 0.5], "*": [0.3, 0.45]}   # per class; "*" for the rest
     min_detections: 1        # fewer boxes than this is a reason
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from labeler.core.exceptions import InputError
 
 __all__ = [
+    "DEFAULT_CONFIDENCE_BAND",
     "CollectionPolicy",
     "Collector",
     "RateLimiter",
@@ -42,17 +44,29 @@ WINDOWS_S = {"per_minute": 60.0, "per_hour": 3600.0, "per_day": 86400.0}
 
 
 class RateLimits(BaseModel):
+    """At most this many frames per window (None: no limit). The defaults bound a camera at
+    30 fps to a few frames a minute and 500 a day: what a labeling round can take."""
+
     model_config = ConfigDict(extra="forbid")
-    per_minute: int | None = Field(default=None, ge=0)
-    per_hour: int | None = Field(default=None, ge=0)
-    per_day: int | None = Field(default=None, ge=0)
+    per_minute: int | None = Field(default=6, ge=0)
+    per_hour: int | None = Field(default=60, ge=0)
+    per_day: int | None = Field(default=500, ge=0)
+
+
+# The default: a box the student scored just above the reporting threshold (0.25) and below an
+# even chance is one it is unsure of, the cheapest signal of a frame it finds hard.
+DEFAULT_CONFIDENCE_BAND: dict[str, tuple[float, float]] = {"*": (0.25, 0.5)}
 
 
 class CollectionPolicy(BaseModel):
-    """What makes a frame worth sending back (any reason suffices) and how many may go."""
+    """What makes a frame worth sending back (any reason suffices) and how many may go. Every
+    field has a default: a file names only what it changes (``confidence_band: {}`` turns the
+    band off)."""
 
     model_config = ConfigDict(extra="forbid")
-    confidence_band: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    confidence_band: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: dict(DEFAULT_CONFIDENCE_BAND)
+    )
     min_detections: int | None = Field(default=None, ge=0)
     max_detections: int | None = Field(default=None, ge=0)
     sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -114,9 +128,10 @@ def policy_reasons(
 
 
 class RateLimiter:
-    """At most N frames per minute, hour and day (sliding windows); ``clock`` is injectable."""
+    """At most N frames per minute, hour and day (sliding windows); ``clock`` is injectable (wall
+    time by default, so that ``times`` can be kept across runs)."""
 
-    def __init__(self, limits: RateLimits, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, limits: RateLimits, clock: Callable[[], float] = time.time) -> None:
         self._limits = {
             WINDOWS_S[name]: count
             for name, count in limits.model_dump().items()
@@ -136,6 +151,15 @@ class RateLimiter:
                 return False
         self._times.append(now)
         return True
+
+    @property
+    def times(self) -> list[float]:
+        """When the frames still inside the longest window were allowed."""
+        return list(self._times)
+
+    def restore(self, times: Sequence[float]) -> None:
+        """Count these earlier frames too (a previous run's ``times``)."""
+        self._times = deque(sorted(float(t) for t in times))
 
 
 def dhash(image: Image.Image, size: int = 8) -> int:
@@ -158,7 +182,7 @@ class Collector:
         policy: CollectionPolicy,
         *,
         seed: int | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
         self._rng = random.Random(seed)
@@ -183,3 +207,23 @@ class Collector:
             return []
         self._recent.append(frame_hash)
         return reasons
+
+    def memory(self) -> dict[str, Any]:
+        """What the next run must remember: the kept frames' times (rate limits) and hashes
+        (near-duplicates). ``predict --collect`` keeps it in the outbox's state.json, so that a
+        device that runs predict once a minute is limited as one that runs it for a day."""
+        return {
+            "kept_at": self._limiter.times,
+            "recent_hashes": [f"{h:016x}" for h in self._recent],
+        }
+
+    def restore(self, memory: dict[str, Any]) -> None:
+        """Continue from a previous run's ``memory()``; anything malformed is ignored (a fresh
+        start is safe: at worst a few more frames are kept)."""
+        try:
+            kept_at = [float(t) for t in memory.get("kept_at", [])]
+            hashes = [int(str(h), 16) for h in memory.get("recent_hashes", [])]
+        except (TypeError, ValueError, AttributeError):
+            return
+        self._limiter.restore(kept_at)
+        self._recent.extend(hashes)

@@ -675,12 +675,13 @@ class OnnxDetector:
             top=geometry.top,
             image_wh=geometry.image_wh,
         )
-        # As SegmentationPredictor: boxes whose mask is empty at input resolution are dropped.
+        # As SegmentationPredictor: boxes whose mask is empty at input resolution are dropped
+        # (``masks`` holds the kept boxes' masks only).
         return Detections(
             xyxy=geometry.to_original(xyxy[present]),
             class_id=class_id[present],
             confidence=scores[present],
-            data={"mask": masks[present]},
+            data={"mask": masks},
             metadata={"image_wh": geometry.image_wh},
         )
 

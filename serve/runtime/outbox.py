@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Outbox", "OutboxEntry", "atomic_write"]
+__all__ = ["Outbox", "OutboxEntry", "atomic_write", "read_entries"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,24 @@ class OutboxEntry:
         self.frame.unlink(missing_ok=True)
 
 
+def read_entries(root: Path) -> Iterator[OutboxEntry]:
+    """The complete entries of the outbox folder ``root``, oldest first, without opening an
+    ``Outbox`` (whose constructor removes partial writes: a reader such as ``push`` must not,
+    while a ``predict --collect`` beside it may be in the middle of one)."""
+    for manifest_path in sorted(root.glob("*.json")):
+        if manifest_path.name == STATE_NAME:
+            continue
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(manifest, dict) or "sha256" not in manifest:
+            continue
+        frame = manifest_path.with_name(str(manifest.get("frame", "")))
+        if frame.is_file():
+            yield OutboxEntry(frame, manifest_path, manifest)
+
+
 class Outbox:
     """Collected frames waiting for ``promptlabel push``; at most ``max_bytes`` on disk."""
 
@@ -88,26 +106,32 @@ class Outbox:
             elif path.suffix != ".json" and not path.with_suffix(".json").exists():
                 path.unlink(missing_ok=True)
 
+    def state(self) -> dict[str, Any]:
+        """``state.json``: ``dropped`` and the collector's memory (``collector``); {} when there
+        is none or it is unreadable (a fresh start, never a failure)."""
+        try:
+            found = json.loads((self.root / STATE_NAME).read_text())
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    def save_state(self, **fields: Any) -> None:
+        """Merge ``fields`` into ``state.json``, atomically."""
+        atomic_write(
+            self.root / STATE_NAME, json.dumps(self.state() | fields, sort_keys=True).encode()
+        )
+
     @property
     def dropped(self) -> int:
         """How many entries were dropped (oldest first) to keep within the size cap, ever."""
         try:
-            return int(json.loads((self.root / STATE_NAME).read_text())["dropped"])
-        except (OSError, ValueError, KeyError):
+            return int(self.state()["dropped"])
+        except (KeyError, TypeError, ValueError):
             return 0
 
     def entries(self) -> Iterator[OutboxEntry]:
         """Complete entries, oldest first."""
-        for manifest_path in sorted(self.root.glob("*.json")):
-            if manifest_path.name == STATE_NAME:
-                continue
-            try:
-                manifest = json.loads(manifest_path.read_text())
-            except (OSError, ValueError):
-                continue
-            frame = manifest_path.with_name(str(manifest.get("frame", "")))
-            if frame.is_file():
-                yield OutboxEntry(frame, manifest_path, manifest)
+        return read_entries(self.root)
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.iterdir() if p.is_file())
@@ -151,6 +175,5 @@ class Outbox:
             entry.remove()
             dropped += 1
         if dropped:
-            total = self.dropped + dropped
-            atomic_write(self.root / STATE_NAME, json.dumps({"dropped": total}).encode())
+            self.save_state(dropped=self.dropped + dropped)
             logger.info("outbox %s full: dropped %d oldest frames", self.root, dropped)

@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, Body, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
@@ -18,7 +18,14 @@ from starlette.requests import ClientDisconnect
 
 from labeler.core.exceptions import ImageError, InputError, ModelLoadError
 from serve.api.deps import CurrentSettings, Db, ProjectId, run_in_app_pool
-from serve.api.schemas import ModelPublic, PredictResult, PromotionPublic, error_responses
+from serve.api.hard_case_schemas import DEVICE_NAME_CHARS
+from serve.api.schemas import (
+    GateCheckPublic,
+    ModelPublic,
+    PredictResult,
+    PromotionPublic,
+    error_responses,
+)
 from serve.errors import ConflictError, NotFoundError
 from serve.ingest.uploads import ACCEPTED_FORMATS, DECODE_SLOTS
 from serve.jobs.service import without_data_dir
@@ -63,20 +70,35 @@ _JOB_DATASET = re.compile(r"\S*?\bjobs[/\\](job_[0-9a-f]+)[/\\]dataset[/\\]data\
 
 
 def _promotion_public(decision: PromotionDecision, data_dir: Path) -> PromotionPublic:
-    # The folder goes first: a folder name may hold spaces, which the pattern does not cross.
-    reason = without_data_dir(decision.reason, data_dir)
+    def public_path(text: str) -> str:
+        # The folder goes first: a folder name may hold spaces, which the pattern does not cross.
+        return _JOB_DATASET.sub(r"the dataset of labeling job \1", without_data_dir(text, data_dir))
+
+    checks = [
+        GateCheckPublic(
+            data=public_path(str(check.eval_set.data)),
+            split=check.eval_set.split,
+            class_name=check.class_name,
+            candidate_map50_95=check.candidate_map50_95,
+            production_map50_95=check.production_map50_95,
+            instances=check.instances,
+            outcome=check.outcome,
+        )
+        for check in decision.checks
+    ]
     return PromotionPublic(
         candidate=decision.version,
         production_before=decision.previous_production,
         promoted=decision.promoted,
         forced=decision.forced,
-        reason=_JOB_DATASET.sub(r"the dataset of labeling job \1", reason),
+        reason=public_path(decision.reason),
         candidate_map50_95=decision.candidate_map50_95,
         production_map50_95=decision.production_map50_95,
         tolerance=decision.tolerance,
         production_reevaluated=decision.production_reevaluated,
         promptlabel_version=decision.promptlabel_version,
         created_at=decision.created_at,
+        checks=checks,
     )
 
 
@@ -120,15 +142,17 @@ def promote_model(
 ) -> PromotionPublic:
     """No body (or ``{}``) is the gated promotion; ``{"force": true}`` overrides the gate."""
     force = request is not None and request.force
-    from distill.registry import evaluation_metrics
+    from distill.registry import evaluation_metrics, hard_case_eval_set
 
     with _registry(settings.data_dir, project_id) as registry:
-        _get_version(registry, version)
+        hard_cases = hard_case_eval_set(_get_version(registry, version))
         decision = registry.promote(
             version,
             evaluate=partial(evaluation_metrics, device=settings.service_device),
             tolerance=settings.promote_tolerance,
             force=force,
+            # A dataset version's held-out hard cases: did the candidate learn them?
+            extra_eval_sets=[hard_cases] if hard_cases is not None else [],
         )
     PREDICTORS.forget(project_id)
     return _promotion_public(decision, settings.data_dir)
@@ -149,6 +173,71 @@ def list_promotions(
             version = _get_version(registry, version).version
         decisions = registry.promotions(version)
     return [_promotion_public(decision, settings.data_dir) for decision in decisions]
+
+
+def _etag_matches(if_none_match: str | None, sha256: str) -> bool:
+    """Whether an ``If-None-Match`` header names this content (``*`` or a list of tags, compared
+    weakly as RFC 9110 asks for this header)."""
+    if not if_none_match:
+        return False
+    tags = (tag.strip() for tag in if_none_match.split(","))
+    return any(tag == "*" or tag.removeprefix("W/") == f'"{sha256}"' for tag in tags)
+
+
+# Registered before "/models/{version}/onnx", which would otherwise take "production" for a
+# version name and answer 404.
+@router.get(
+    "/models/production/onnx",
+    summary="Download the production model's ONNX export; 304 when the device has it already",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "headers": {
+                "ETag": {"description": 'The file\'s SHA-256 in quotes: "<hex>".'},
+                "X-Model-Version": {"description": "The production version (v3)."},
+                "X-Content-SHA256": {"description": "The file's SHA-256 (hex), to verify."},
+            },
+        },
+        304: {"description": "If-None-Match names the current file: no body."},
+        **_ERRORS,
+    },
+)
+def download_production_onnx(
+    settings: CurrentSettings,
+    project_id: ProjectId,
+    if_none_match: Annotated[
+        str | None, Header(description='The ETag of the copy the device has ("<sha256>").')
+    ] = None,
+) -> Response:
+    """What devices poll (``promptlabel predict --model-url``). The ETag is the file's SHA-256,
+    recorded once when the export was registered (never recomputed per request), so an
+    unchanged model costs one registry read and a 304 with no body. 404 when the project has
+    no production model, 409 when it has one without an ONNX export."""
+    with _registry(settings.data_dir, project_id) as registry:
+        production = registry.production()
+    if production is None:
+        raise NotFoundError("no production model yet: train one and promote it")
+    artifact = production.artifacts.get("onnx")
+    if artifact is None:
+        raise ConflictError(
+            f"production model {production.version} has no ONNX export; export it first"
+        )
+    headers = {
+        "ETag": f'"{artifact.sha256}"',
+        "X-Model-Version": production.version,
+        "X-Content-SHA256": artifact.sha256,
+        # Caches may keep the file but must ask first: production changes on a promotion.
+        "Cache-Control": "no-cache",
+    }
+    if _etag_matches(if_none_match, artifact.sha256):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    return FileResponse(
+        artifact.path,
+        media_type="application/octet-stream",
+        filename=f"{production.version}.onnx",
+        headers=headers,
+    )
 
 
 @router.get(
@@ -305,9 +394,36 @@ async def predict(
     project_id: ProjectId,
     request: Request,
     conf: Annotated[float, Query(ge=0.1, le=1, description="Score threshold.")] = DEFAULT_CONF,
+    collect: Annotated[
+        bool,
+        Query(
+            description="Keep the frame as a hard case when the project's collection policy "
+            "says so (PUT .../collection-policy); the answer's `collection` says whether and why."
+        ),
+    ] = False,
+    device_name: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=DEVICE_NAME_CHARS,
+            description="With collect: the device the frame came from (default: server).",
+        ),
+    ] = None,
+    device_header: Annotated[
+        str | None,
+        Header(
+            alias="X-Device-Name",
+            max_length=DEVICE_NAME_CHARS,
+            description="With collect: the device's name, when not given as device_name.",
+        ),
+    ] = None,
 ) -> Response:
     """The response's ``Server-Timing`` header gives ``runtime`` (decoding and running the
-    model) and ``app`` (all of the request inside the service) in milliseconds."""
+    model) and ``app`` (all of the request inside the service) in milliseconds.
+
+    With ``collect=true`` the project's collection policy judges the frame; its rate limits and
+    its memory of recently kept frames (near-duplicates) live in this server process, per
+    project."""
     # From the app rather than ``CurrentSettings``: each dependency costs this route time.
     settings: ServiceSettings = request.app.state.settings
     data, name = await _image_from_request(request, settings.max_image_bytes)
@@ -330,13 +446,25 @@ async def predict(
         detections = detector.predict([image])[0]
         runtime_ms = (time.perf_counter() - started) * 1e3
         kept = detections[detections.confidence >= conf]
+        records = records_with_masks(kept, detector.names)
         result = PredictResult.model_validate(
-            {
-                "model_version": version,
-                "image_wh": image.size,
-                "detections": records_with_masks(kept, detector.names),
-            }
+            {"model_version": version, "image_wh": image.size, "detections": records}
         )
+        if collect:
+            from serve.api.routes.hard_cases import collect_predicted_frame
+
+            outcome = collect_predicted_frame(
+                request.app.state.db,
+                settings,
+                project_id=project_id,
+                data=data,
+                name=name,
+                image=image,
+                records=records,
+                model_version=version,
+                device=device_name or device_header,
+            )
+            result.collection = outcome
         return Response(
             # exclude_none: detection models' boxes carry no "mask" key at all.
             result.model_dump_json(by_alias=True, exclude_none=True),

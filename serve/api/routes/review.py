@@ -37,7 +37,8 @@ _ERRORS = error_responses(403, 404, 409, 422)
 ImageSha256 = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="The image's SHA-256.")]
 
 
-def _image_url(request: Request, image_sha256: str) -> str:
+def image_url(request: Request, image_sha256: str) -> str:
+    """Where the review routes serve an image of the job (the spot checks' items link it too)."""
     root = request.scope.get("root_path", "")
     return f"{root}{router.prefix.format(**request.path_params)}/images/{image_sha256}"
 
@@ -73,7 +74,7 @@ def review_queue(
             thresholds=target.thresholds,
             reviewer=principal.key_id,
             claim_s=settings.review_claim_s,
-            image_url=partial(_image_url, request),
+            image_url=partial(image_url, request),
             limit=limit,
             classes=classes or (),
             reasons=reasons or (),

@@ -22,6 +22,7 @@ from labeler.review import spot_checks
 from labeler.store.spot_checks import SpotCheckAnswer
 from serve.api.deps import CurrentPrincipal, CurrentSettings
 from serve.api.review_target import CurrentReviewTarget
+from serve.api.routes.review import image_url
 from serve.api.schemas import error_responses
 from serve.api.spot_check_schemas import (
     SpotCheckAnswerConflict,
@@ -40,12 +41,6 @@ router = APIRouter(prefix="/v1/projects/{project_id}/jobs/{job_id}/review", tags
 
 _ERRORS = error_responses(403, 404, 409, 422)
 ProposalId = Annotated[int, Path(ge=0, le=2**63 - 1, description="The checked box's id.")]
-
-
-def _image_url(request: Request, image_sha256: str) -> str:
-    # The review routes' image, under the same prefix.
-    root = request.scope.get("root_path", "")
-    return f"{root}{router.prefix.format(**request.path_params)}/images/{image_sha256}"
 
 
 @router.post(
@@ -102,7 +97,7 @@ def spot_check_queue(
                 "proposal_id": check.proposal_id,
                 "version": check.version,
                 "image_sha256": check.image_sha256,
-                "image_url": _image_url(request, check.image_sha256),
+                "image_url": image_url(request, check.image_sha256),
                 "image_wh": sizes.get(check.image_sha256),
                 "class_id": class_ids.get(check.class_name),
                 "class": check.class_name,

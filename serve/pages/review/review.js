@@ -24,6 +24,7 @@
     undo: [], // proposal ids this reviewer decided, latest last
     chosenClass: 0,
     mode: "review", // review | edit | add | help
+    showMasks: true, // M toggles the segmenter's masks over the boxes
     // ms from a key press (the event's own time) to the frame that shows the next item drawn:
     // what a reviewer waits, measured in the page (window.reviewTimings).
     timings: [],
@@ -233,9 +234,11 @@
   // -- drawing ----------------------------------------------------------------------------------
 
   const stage = new Konva.Stage({ container: "stage", width: 10, height: 10 });
-  const imageLayer = new Konva.Layer();
-  const boxLayer = new Konva.Layer();
-  stage.add(imageLayer, boxLayer);
+  // Named, so that tests and scripts find them: the image, the masks over it, the boxes on top.
+  const imageLayer = new Konva.Layer({ name: "image" });
+  const maskLayer = new Konva.Layer({ name: "masks", listening: false });
+  const boxLayer = new Konva.Layer({ name: "boxes" });
+  stage.add(imageLayer, maskLayer, boxLayer);
   const transformer = new Konva.Transformer({ rotateEnabled: false, keepRatio: false, ignoreStroke: true });
   boxLayer.add(transformer);
   let view = { scale: 1, image: null };
@@ -269,6 +272,89 @@
     });
   }
 
+  // -- masks: COCO RLE as pycocotools writes it, painted once per mask and colour ----------------
+
+  // pycocotools' rleFrString: 5-bit groups ("0" + value), 0x20 continues, 0x10 signs the last
+  // group; from the third count on, each is a difference to the count two before.
+  function rleCounts(text) {
+    const counts = [];
+    let at = 0;
+    while (at < text.length) {
+      let value = 0;
+      let shift = 1;
+      let more = true;
+      while (more) {
+        const c = text.charCodeAt(at) - 48;
+        value += (c & 0x1f) * shift;
+        more = (c & 0x20) !== 0;
+        at += 1;
+        shift *= 32;
+        if (!more && c & 0x10) value -= shift;
+      }
+      if (counts.length > 2) value += counts[counts.length - 2];
+      counts.push(value);
+    }
+    return counts;
+  }
+
+  const maskCanvases = new WeakMap(); // rle object -> Map(colour -> canvas)
+
+  function maskCanvas(rle, color) {
+    let byColor = maskCanvases.get(rle);
+    if (!byColor) maskCanvases.set(rle, (byColor = new Map()));
+    if (byColor.has(color)) return byColor.get(color);
+    const [h, w] = rle.size;
+    const canvas = document.createElement("canvas");
+    canvas.width = w;
+    canvas.height = h;
+    const context = canvas.getContext("2d");
+    const pixels = context.createImageData(w, h);
+    const [r, g, b] = [1, 3, 5].map((i) => parseInt(color.slice(i, i + 2), 16));
+    let position = 0;
+    rleCounts(rle.counts).forEach((count, i) => {
+      if (i % 2 === 1) {
+        // Column-major runs: pixel p is at column p / h, row p % h.
+        for (let p = position; p < position + count; p++) {
+          const o = ((p % h) * w + Math.floor(p / h)) * 4;
+          pixels.data[o] = r;
+          pixels.data[o + 1] = g;
+          pixels.data[o + 2] = b;
+          pixels.data[o + 3] = 110;
+        }
+      }
+      position += count;
+    });
+    context.putImageData(pixels, 0, 0);
+    byColor.set(color, canvas);
+    return canvas;
+  }
+
+  function drawMasks(item) {
+    maskLayer.destroyChildren();
+    const shown = [
+      ...(item.boxes || []).filter((box) => box.mask).map((box) => [box.mask, COLORS[box.status] || "#999999"]),
+      ...(item.mask ? [[item.mask, COLORS.current]] : []),
+    ];
+    const [w, h] = item.image_wh;
+    for (const [rle, color] of shown) {
+      maskLayer.add(new Konva.Image({ image: maskCanvas(rle, color), width: w * view.scale, height: h * view.scale }));
+    }
+    maskLayer.visible(state.showMasks);
+    maskLayer.draw();
+    document.body.dataset.masks = String(shown.length);
+    $("masks-button").hidden = !shown.length;
+  }
+
+  function toggleMasks() {
+    state.showMasks = !state.showMasks;
+    maskLayer.visible(state.showMasks);
+    maskLayer.draw();
+    document.body.dataset.masksShown = String(state.showMasks);
+    const item = current();
+    const image = item && state.images.get(item.image_sha256);
+    if (image && image.complete) drawCrop(image, item);
+  }
+
   function render() {
     const started = performance.now();
     const item = current();
@@ -278,6 +364,9 @@
       delete document.body.dataset.image;
       clearDetails();
       imageLayer.destroyChildren();
+      maskLayer.destroyChildren();
+      maskLayer.draw();
+      delete document.body.dataset.masks;
       transformer.remove(); // kept: destroyChildren would destroy its handles
       boxLayer.destroyChildren();
       boxLayer.add(transformer);
@@ -312,6 +401,7 @@
       boxLayer.add(transformer);
       imageLayer.draw();
       boxLayer.draw();
+      drawMasks(item);
       drawCrop(image, item);
       showDetails(item);
       const pressedAt = state.pressedAt ?? started;
@@ -338,6 +428,9 @@
     context.fillStyle = "#333";
     context.fillRect(0, 0, canvas.width, canvas.height);
     context.drawImage(image, sx, sy, sw, sh, 0, 0, sw * fit, sh * fit);
+    if (item.mask && state.showMasks && state.kind !== "spot") {
+      context.drawImage(maskCanvas(item.mask, COLORS.current), sx, sy, sw, sh, 0, 0, sw * fit, sh * fit);
+    }
   }
 
   function clearDetails() {
@@ -630,6 +723,7 @@
     button.addEventListener("click", () => ACTIONS[button.dataset.action]());
   }
   $("help-button").addEventListener("click", toggleHelp);
+  $("masks-button").addEventListener("click", toggleMasks);
   $("mode-button").addEventListener("click", switchQueue);
   $("export-button").addEventListener("click", exportDataset);
 
@@ -662,6 +756,7 @@
     if (key === "?") return toggleHelp();
     if (key === "s") return switchQueue();
     if (key === "w") return exportDataset();
+    if (key === "m") return toggleMasks();
     if (state.kind === "spot") {
       const spotKeys = {
         c: "correct", y: "correct", x: "incorrect", n: "incorrect",

@@ -25,6 +25,7 @@ def test_offline_demo_announces_smoke_run_and_writes_dataset(tmp_path: Path) -> 
             "-c",
             "from serve.cli.main import main; main()",
             "demo",
+            "--labels-only",
             "--out",
             str(tmp_path),
         ],

@@ -4,28 +4,31 @@ from pathlib import Path
 
 import pytest
 
+from tests.labeler.segment.tiny_models import (
+    save_tiny_sam,
+    save_tiny_sam2,
+    save_tiny_sam_checkpoint,
+    save_tiny_sam_hq,
+)
+
 
 @pytest.fixture(scope="session")
 def tiny_sam_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight SAM with a tiny vision encoder, saved as a checkpoint folder."""
-    import torch
-    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+    return save_tiny_sam(tmp_path_factory.mktemp("tiny_sam"))
 
-    torch.manual_seed(0)
-    config = SamConfig(
-        vision_config={
-            "hidden_size": 32,
-            "output_channels": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "global_attn_indexes": [1],
-            "mlp_dim": 64,
-            "num_pos_feats": 16,
-        },
-        prompt_encoder_config={"hidden_size": 32},
-        mask_decoder_config={"hidden_size": 32, "mlp_dim": 64, "num_attention_heads": 2},
-    )
-    directory = tmp_path_factory.mktemp("tiny_sam")
-    SamModel(config).eval().save_pretrained(directory)
-    SamProcessor(SamImageProcessor()).save_pretrained(directory)
-    return directory
+
+@pytest.fixture(scope="session")
+def tiny_sam_hq_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_sam_hq(tmp_path_factory.mktemp("tiny_sam_hq"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sam2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_sam2(tmp_path_factory.mktemp("tiny_sam2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sam_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An original-format checkpoint under a name that says nothing of its architecture."""
+    return save_tiny_sam_checkpoint(tmp_path_factory.mktemp("tiny_sa") / "renamed.pth")

@@ -150,7 +150,7 @@ def _records(out: Path) -> list[dict[str, Any]]:
 def test_pipeline_masks_cached_and_rerun_computes_none(tmp_path: Path) -> None:
     config = _config(tmp_path)
     segmenter = BoxSegmenter()
-    report = run_label(config, detector=ScriptedDetector(), segmenter=segmenter)
+    report = run_label(config, detector=ScriptedDetector(), segmenter=segmenter)  # type: ignore[arg-type]
     accepted = report["labels"]["accepted"]
     assert accepted == 9  # three images, three boxes each, no verifier: all accepted
     assert segmenter.calls == [3, 3, 3]  # one call per image, all its boxes at once
@@ -169,7 +169,7 @@ def test_pipeline_masks_cached_and_rerun_computes_none(tmp_path: Path) -> None:
 
     # Another segmenter spec is another key: its masks are computed; switching back is cached.
     other = BoxSegmenter()
-    run_label(_config(tmp_path, "transformers:other"), detector=ScriptedDetector(), segmenter=other)
+    run_label(_config(tmp_path, "transformers:other"), detector=ScriptedDetector(), segmenter=other)  # type: ignore[arg-type]
     assert sum(other.calls) == 9
     back = run_label(config, detector=ScriptedDetector(), segmenter=Exploding())  # type: ignore[arg-type]
     assert back["masks"]["computed"] == 0
@@ -177,7 +177,7 @@ def test_pipeline_masks_cached_and_rerun_computes_none(tmp_path: Path) -> None:
 
 def test_pipeline_bad_masks_go_to_review_with_reason(tmp_path: Path) -> None:
     config = _config(tmp_path)
-    report = run_label(config, detector=ScriptedDetector(), segmenter=BoxSegmenter(empty=True))
+    report = run_label(config, detector=ScriptedDetector(), segmenter=BoxSegmenter(empty=True))  # type: ignore[arg-type]
     assert report["labels"]["accepted"] == 0 and report["labels"]["needs_review"] == 9
     assert report["masks"]["sent_to_review"] == 9
     review = json.loads((config.out_dir / "review.json").read_text())

@@ -26,6 +26,8 @@ def test_every_route_but_health_needs_a_key(service: Service) -> None:
             version="v1",
             image_sha256="0" * 64,
             proposal_id=1,
+            sha256="0" * 64,
+            hard_case_id="hc",
         )
         for method, operation in operations.items():
             response = service.client.request(method.upper(), concrete)

@@ -22,19 +22,6 @@ from tests.serve.conftest import Students
 SHAPES_ONTOLOGY = "classes:\n  circle: a circle\n  square: a square\n"
 
 
-@pytest.fixture(scope="module")
-def base_venv() -> Path:
-    location = os.environ.get("PROMPTLABEL_BASE_VENV")
-    if not location:
-        pytest.skip(
-            "no base-only environment: run `make install-base` and set PROMPTLABEL_BASE_VENV"
-        )
-    venv = Path(location)
-    if not (venv / "bin" / "promptlabel").exists():
-        pytest.fail(f"PROMPTLABEL_BASE_VENV={venv} has no bin/promptlabel: run `make install-base`")
-    return venv
-
-
 def run_base(venv: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROMPTLABEL_")}
     return subprocess.run(

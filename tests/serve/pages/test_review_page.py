@@ -25,7 +25,7 @@ HOSTILE = 'Yes <img src=x onerror="window.__xss = 1"> <script>window.__xss = 2</
 HOSTILE_CLASS = "<i>square</i>"
 # The boxes on the stage (the transformer's handles are rectangles too, inside it).
 BOXES_DRAWN = (
-    "Konva.stages[0].getLayers()[1].getChildren((node) => node.getClassName() === 'Rect').length"
+    "Konva.stages[0].findOne('.boxes').getChildren((node) => node.getClassName() === 'Rect').length"
 )
 SCREENSHOT = Path(__file__).parents[3] / "docs" / "images" / "review-page.png"
 

@@ -219,3 +219,57 @@ def test_policy_without_collect_is_a_usage_error(
     )  # fmt: skip
     assert result.returncode == 2
     assert "--policy needs --collect" in result.stderr
+
+
+def test_the_default_policy_keeps_uncertain_frames_at_a_bounded_rate() -> None:
+    policy = CollectionPolicy()
+    rng = random.Random(0)
+    assert policy_reasons(policy, [{"class": "cat", "score": 0.3}], rng=rng) == ["uncertain:cat"]
+    assert policy_reasons(policy, [{"class": "cat", "score": 0.8}], rng=rng) == []
+    assert policy_reasons(policy, [], rng=rng) == []  # an empty frame is not a reason by default
+    assert policy.rate_limits == RateLimits(per_minute=6, per_hour=60, per_day=500)
+    assert CollectionPolicy(confidence_band={}).confidence_band == {}  # a file can turn it off
+
+
+def test_the_collectors_memory_carries_over_to_the_next_run(tmp_path: Path) -> None:
+    now = [1000.0]
+    policy = CollectionPolicy(min_detections=1, rate_limits=RateLimits(per_minute=2))
+    first = Collector(policy, seed=0, clock=lambda: now[0])
+    assert first.decide(_frame(1), []) and first.decide(_frame(3), [])
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.save_state(collector=first.memory())
+    outbox.save_state(dropped=4)  # merged, not replaced
+    assert outbox.dropped == 4
+
+    # The next run, a few seconds later: the minute is full, and frame 1 is a near-duplicate.
+    now[0] += 5
+    second = Collector(policy, seed=0, clock=lambda: now[0])
+    second.restore(Outbox(tmp_path / "outbox").state()["collector"])
+    assert second.decide(_frame(5), []) == [] and second.skipped["rate_limited"] == 1
+    now[0] += 60
+    assert second.decide(_frame(1), []) == [] and second.skipped["duplicate"] == 1
+    assert second.decide(_frame(5), []) == ["too_few_detections"]
+    # A damaged memory is a fresh start, never a failure.
+    fresh = Collector(policy, seed=0, clock=lambda: now[0])
+    fresh.restore({"kept_at": ["soon"], "recent_hashes": [None]})
+    assert fresh.decide(_frame(1), []) == ["too_few_detections"]
+
+
+def test_predict_collect_limits_across_runs(
+    students: object, sample_images: list[Path], tmp_path: Path
+) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("min_detections: 1000\nduplicate_distance: -1\nrate_limits: {per_hour: 3}\n")
+    command = [
+        sys.executable, "-c", RUN_CLI, "predict", str(students.static),  # type: ignore[attr-defined]
+        *map(str, sample_images[:2]),
+        "--collect", str(tmp_path / "outbox"), "--policy", str(policy),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    runs = [
+        subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120)
+        for _ in range(2)
+    ]
+    assert all(run.returncode == 0 for run in runs), runs[-1].stderr
+    assert "collected 2 hard cases" in runs[0].stderr
+    assert "collected 1 hard cases" in runs[1].stderr and "1 over the rate limit" in runs[1].stderr

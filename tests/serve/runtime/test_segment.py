@@ -193,3 +193,33 @@ def test_detect_records_have_no_mask_key() -> None:
     (record,) = records_with_masks(detections, ["a"])
     assert record["mask"]["size"] == [5, 6]
     np.testing.assert_array_equal(rle_to_mask(record["mask"]), mask[0])
+
+
+@pytest.mark.parametrize(
+    ("source_hw", "target_hw"),
+    [((9, 16), (18, 32)), ((9, 16), (27, 48)), ((10, 12), (15, 17)), ((12, 10), (6, 5))],
+    ids=["2x: a gather", "3x", "non-integer", "shrink"],
+)
+def test_binary_windows_resize_as_the_full_bilinear_product(
+    source_hw: tuple[int, int], target_hw: tuple[int, int]
+) -> None:
+    """A mask window resized alone (zeros outside it, whichever path it takes) equals the whole
+    image resized with bilinear_weights (torch's, tested above) and cut to the same window."""
+    from serve.runtime.segment import _binary_resized, _reach, _Taps
+
+    rng = np.random.default_rng(3)
+    (source_h, source_w), (target_h, target_w) = source_hw, target_hw
+    image = np.zeros(source_hw, bool)
+    image[2:-2, 3:-2] = rng.random((source_h - 4, source_w - 5)) > 0.4
+    expected = (
+        bilinear_weights(source_h, target_h)
+        @ image.astype(np.float32)
+        @ bilinear_weights(source_w, target_w).T
+    ) > 0.5
+    y_taps, x_taps = _Taps.of(source_h, target_h), _Taps.of(source_w, target_w)
+    rows, cols = _reach(y_taps, 2, source_h - 2), _reach(x_taps, 3, source_w - 2)
+    window = _binary_resized(image[2:-2, 3:-2], y_taps, rows, 2, x_taps, cols, 3)
+    np.testing.assert_array_equal(window, expected[rows, cols])
+    outside = np.ones_like(expected)
+    outside[rows, cols] = False
+    assert not expected[outside].any()  # _reach found every pixel the window reaches
