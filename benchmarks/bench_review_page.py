@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 os.environ.setdefault("YOLO_OFFLINE", "True")
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 
@@ -163,8 +165,8 @@ def review_in_browser(url: str, token: str, job_id: str, presses: int) -> list[f
 
 
 def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+    """The nearest-rank percentile: a value that was measured, never an interpolation."""
+    return float(np.percentile(values, q, method="inverted_cdf"))
 
 
 def main() -> None:

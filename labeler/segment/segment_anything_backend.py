@@ -313,18 +313,29 @@ class SegmentAnythingSegmenter:
             else torch.autocast("cpu", enabled=False)
         )
         boxes = torch.as_tensor(np.asarray(xyxy, dtype=np.float32), device=self.device)
+        model, predictor = self.model, self.predictor
         with self._lock, torch.inference_mode(), autocast:
-            self.predictor.set_image(pixels)  # the image encoder, once
+            predictor.set_image(pixels)  # the image encoder, once
             try:
-                transformed = self.predictor.transform.apply_boxes_torch(boxes, (h, w))
-                # One decoder pass: the prompt encoder and mask decoder take all boxes as a batch.
-                masks, iou, _ = self.predictor.predict_torch(
-                    None, None, boxes=transformed, multimask_output=True
+                transformed = predictor.transform.apply_boxes_torch(boxes, (h, w))
+                # SamPredictor.predict_torch, except that the best of the three masks is chosen
+                # at the decoder's 256x256 before upscaling, so one mask per box is resized
+                # to the image, not three. One decoder pass takes all boxes as a batch.
+                sparse, dense = model.prompt_encoder(points=None, boxes=transformed, masks=None)
+                low_res, iou = model.mask_decoder(
+                    image_embeddings=predictor.features,
+                    image_pe=model.prompt_encoder.get_dense_pe(),
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=True,
+                )
+                iou = iou.float()
+                best = iou.argmax(dim=1)
+                rows = torch.arange(n, device=best.device)
+                logits = model.postprocess_masks(
+                    low_res[rows, best][:, None], predictor.input_size, predictor.original_size
                 )
             finally:
-                self.predictor.reset_image()  # do not keep the embedding past this image
-        iou = iou.float()
-        best = iou.argmax(dim=1)
-        rows = torch.arange(n, device=best.device)
-        chosen = masks[rows, best].cpu().numpy().astype(bool)
+                predictor.reset_image()  # do not keep the embedding past this image
+        chosen = (logits[:, 0] > model.mask_threshold).cpu().numpy()
         return chosen, iou[rows, best].cpu().numpy().astype(np.float32)

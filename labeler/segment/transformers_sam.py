@@ -91,14 +91,17 @@ class TransformersSegmenter:
                 input_boxes=inputs["input_boxes"],
                 multimask_output=True,
             )
+        iou = out.iou_scores.float().cpu()[0]  # (n, 3)
+        best = iou.argmax(dim=-1)
+        rows = torch.arange(n)
+        # The best of the three chosen at the decoder's resolution, so one mask per box is
+        # resized to the image, not three (the resize is per mask: the same pixels either way).
+        low_res = out.pred_masks.float().cpu()[:, rows, best][:, :, None]  # (1, n, 1, 256, 256)
         # SAM and SAM-HQ crop their padding off by reshaped_input_sizes; SAM 2 pads none.
         reshaped = inputs.get("reshaped_input_sizes")
         masks = self.processor.image_processor.post_process_masks(
-            out.pred_masks.float().cpu(),
+            low_res,
             inputs["original_sizes"].cpu(),
             *([reshaped.cpu()] if reshaped is not None else []),
-        )[0]  # (n, 3, h, w) bool
-        iou = out.iou_scores.float().cpu()[0]  # (n, 3)
-        best = iou.argmax(dim=-1)
-        chosen = masks[torch.arange(n), best].numpy().astype(bool)
-        return chosen, iou[torch.arange(n), best].numpy().astype(np.float32)
+        )[0]  # (n, 1, h, w) bool
+        return masks[:, 0].numpy().astype(bool), iou[rows, best].numpy().astype(np.float32)

@@ -854,10 +854,12 @@ def test_processes_registering_at_once_get_distinct_versions(tmp_path: Path) -> 
     # Both hold an open registry before either registers anything.
     deadline = time.monotonic() + 60
     while not all((scratch / f"ready-{n}").exists() for n in range(2)):
-        assert time.monotonic() < deadline, "workers did not start"
-        assert all(worker.poll() is None for worker in workers), [
-            worker.communicate() for worker in workers
-        ]
+        if time.monotonic() > deadline or any(worker.poll() is not None for worker in workers):
+            # The other worker waits for "start" forever: stop both, then say what they said.
+            for worker in workers:
+                worker.kill()
+            outputs = [worker.communicate(timeout=30) for worker in workers]
+            raise AssertionError(f"the workers did not both start: {outputs}")
         time.sleep(0.01)
     (scratch / "start").touch()
     outputs = [worker.communicate(timeout=60) for worker in workers]

@@ -727,11 +727,25 @@
   $("mode-button").addEventListener("click", switchQueue);
   $("export-button").addEventListener("click", exportDataset);
 
+  // The keys of each queue (lower case) and their actions; the help overlay lists the same.
+  const REVIEW_KEYS = {
+    a: "accept", r: "reject", d: "delete", delete: "delete", e: "edit", b: "add", u: "undo",
+    j: "next", arrowright: "next", k: "prev", arrowleft: "prev",
+  };
+  const SPOT_KEYS = {
+    c: "correct", y: "correct", x: "incorrect", n: "incorrect",
+    j: "next", arrowright: "next", k: "prev", arrowleft: "prev",
+  };
+  // Actions that bring the next item: their timing starts with the key press itself.
+  const MOVES_ON = new Set(["accept", "reject", "delete", "next", "prev", "correct", "incorrect"]);
+
   document.addEventListener("keydown", (event) => {
     if ($("review").hidden || event.target instanceof HTMLInputElement) return;
     if (event.target instanceof HTMLSelectElement) return;
     // Keys that bring the next item: its timing starts with the key press itself.
-    if (/^([ardjkcyxn1-9]|delete|arrowleft|arrowright)$/i.test(event.key)) state.pressedAt = event.timeStamp;
+    const key = event.key.toLowerCase();
+    const bound = (state.kind === "spot" ? SPOT_KEYS : REVIEW_KEYS)[key];
+    if (MOVES_ON.has(bound) || /^[1-9]$/.test(key)) state.pressedAt = event.timeStamp;
     if (event.ctrlKey || event.metaKey || event.altKey) {
       if (event.key === "z") {
         event.preventDefault();
@@ -752,19 +766,14 @@
       state.mode = "review";
       return notice("");
     }
-    const key = event.key.toLowerCase();
     if (key === "?") return toggleHelp();
     if (key === "s") return switchQueue();
     if (key === "w") return exportDataset();
     if (key === "m") return toggleMasks();
     if (state.kind === "spot") {
-      const spotKeys = {
-        c: "correct", y: "correct", x: "incorrect", n: "incorrect",
-        j: "next", arrowright: "next", k: "prev", arrowleft: "prev",
-      };
-      if (spotKeys[key]) {
+      if (SPOT_KEYS[key]) {
         event.preventDefault();
-        ACTIONS[spotKeys[key]]();
+        ACTIONS[SPOT_KEYS[key]]();
       }
       return;
     }
@@ -776,13 +785,9 @@
       }
       return;
     }
-    const byKey = {
-      a: "accept", r: "reject", d: "delete", delete: "delete", e: "edit", b: "add", u: "undo",
-      j: "next", arrowright: "next", k: "prev", arrowleft: "prev",
-    };
-    if (byKey[key]) {
+    if (REVIEW_KEYS[key]) {
       event.preventDefault();
-      ACTIONS[byKey[key]]();
+      ACTIONS[REVIEW_KEYS[key]]();
     }
   });
 

@@ -66,6 +66,24 @@ def test_all_boxes_in_one_encoder_and_one_decoder_call(tiny_sam_checkpoint: Path
     assert np.allclose(iou, decoder_iou.max(dim=1).values.numpy())
 
 
+def test_masks_are_the_sam_predictors_best_of_three(tiny_sam_checkpoint: Path) -> None:
+    """Choosing the best mask before upscaling gives what SamPredictor gives after it."""
+    segmenter = load_segmenter(f"segment-anything:{tiny_sam_checkpoint}", device="cpu")
+    assert isinstance(segmenter, SegmentAnythingSegmenter)
+    masks, iou = segmenter.segment(_image(), BOXES)
+    predictor = segmenter.predictor
+    image = np.asarray(_image().convert("RGB"))
+    with torch.inference_mode():
+        predictor.set_image(image)
+        boxes = predictor.transform.apply_boxes_torch(torch.as_tensor(BOXES), image.shape[:2])
+        expected, expected_iou, _ = predictor.predict_torch(None, None, boxes=boxes)
+        predictor.reset_image()
+    best = expected_iou.argmax(dim=1)
+    rows = torch.arange(len(BOXES))
+    assert np.array_equal(masks, expected[rows, best].numpy())
+    assert np.allclose(iou, expected_iou[rows, best].numpy())
+
+
 def test_no_boxes_runs_no_model(tiny_sam_checkpoint: Path) -> None:
     segmenter = load_segmenter(f"segment-anything:{tiny_sam_checkpoint}", device="cpu")
     assert isinstance(segmenter, SegmentAnythingSegmenter)

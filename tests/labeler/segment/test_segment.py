@@ -243,3 +243,23 @@ def test_v3_workspace_gains_the_masks_table(tmp_path: Path) -> None:
     with Workspace(tmp_path) as workspace:
         assert workspace.count_rows("masks") == 0
         assert workspace.get_masks("abc", "k") == {}
+
+
+def test_transformers_masks_are_the_best_of_three_resized(tiny_sam_dir: Path) -> None:
+    """Choosing the best mask before resizing gives what resizing all three and choosing gives."""
+    import torch
+
+    segmenter = TransformersSegmenter(str(tiny_sam_dir), device="cpu")
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 255, (60, 80, 3), np.uint8))
+    boxes = np.array([[5, 5, 40, 50], [30, 10, 78, 58]], np.float32)
+    masks, iou = segmenter.segment(image, boxes)
+    processor, model = segmenter.processor, segmenter.model
+    inputs = processor(images=image, input_boxes=[boxes.tolist()], return_tensors="pt")
+    with torch.inference_mode():
+        out = model(pixel_values=inputs["pixel_values"], input_boxes=inputs["input_boxes"])
+    every = processor.image_processor.post_process_masks(
+        out.pred_masks, inputs["original_sizes"], inputs["reshaped_input_sizes"]
+    )[0]  # (2, 3, 60, 80)
+    best = out.iou_scores[0].argmax(dim=-1)
+    assert np.array_equal(masks, every[torch.arange(2), best].numpy())
+    assert np.allclose(iou, out.iou_scores[0][torch.arange(2), best].numpy())
