@@ -12,11 +12,32 @@ from distill.registry import EvalSet, ModelVersion, Registry, evaluation_metrics
 from distill.train import DEFAULT_PATIENCE, ProgressCallback, TrainResult, train
 from labeler.core.exceptions import InputError
 
-__all__ = ["PRODUCTION_BASE", "RegisteredRun", "resolve_base", "train_and_register"]
+__all__ = [
+    "PRODUCTION_BASE",
+    "RegisteredRun",
+    "production_checkpoint",
+    "resolve_base",
+    "train_and_register",
+]
 
 # ``base="production"``: fine-tune from the registry's production model (the closed loop's next
 # round), rather than start over from a generic base.
 PRODUCTION_BASE = "production"
+
+
+def production_checkpoint(registry_dir: Path) -> Path:
+    """The production model's checkpoint in the registry at ``registry_dir``; InputError saying
+    why there is none to fine-tune from (its message names no folder: callers add where)."""
+    with Registry(registry_dir) as registry:
+        production = registry.production()
+    if production is None:
+        raise InputError("no production model yet: promote one first, or choose another base")
+    if production.weights.suffix != ".pt":
+        raise InputError(
+            f"production model {production.version} is {production.weights.name}, not a "
+            "PyTorch checkpoint to fine-tune (an imported export); choose another base"
+        )
+    return production.weights
 
 
 def resolve_base(base: str | Path, registry_dir: Path) -> str | Path:
@@ -24,19 +45,10 @@ def resolve_base(base: str | Path, registry_dir: Path) -> str | Path:
     at ``registry_dir``; InputError when there is none to fine-tune from."""
     if str(base) != PRODUCTION_BASE:
         return base
-    with Registry(registry_dir) as registry:
-        production = registry.production()
-    if production is None:
-        raise InputError(
-            f"base production: the registry in {registry_dir} has no production model yet; "
-            "promote one first, or pass a base such as yolo11n.pt"
-        )
-    if production.weights.suffix != ".pt":
-        raise InputError(
-            f"base production: production model {production.version} is {production.weights.name}"
-            ", not a PyTorch checkpoint to fine-tune (an imported export); pass another base"
-        )
-    return production.weights
+    try:
+        return production_checkpoint(registry_dir)
+    except InputError as error:
+        raise InputError(f"base production (registry {registry_dir}): {error}") from None
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,9 @@ def box_masks(
 
 
 def _mask_of(
-    masks: dict[tuple[str, str], dict[str, Any]], image_sha256: str, xyxy: Sequence[float]
+    masks: dict[tuple[str, str], dict[str, Any]] | None,
+    image_sha256: str,
+    xyxy: Sequence[float],
 ) -> dict[str, Any] | None:
     return masks.get((image_sha256, box_text(xyxy))) if masks else None
 
@@ -287,7 +289,7 @@ def _views_with_boxes(
     for box in boxes:
         view = _box_view(box, states.get(box.proposal_id), class_names, sizes.get(box.image_sha256))
         if view is not None:
-            view["mask"] = _mask_of(masks or {}, box.image_sha256, view["xyxy"])
+            view["mask"] = _mask_of(masks, box.image_sha256, view["xyxy"])
             pairs.append((view, box))
     return pairs
 

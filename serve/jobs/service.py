@@ -340,23 +340,14 @@ def submit_train_job(
 
 
 def _require_production_checkpoint(settings: ServiceSettings, project_id: str) -> None:
-    """ConflictError (409) unless the project has a production checkpoint to fine-tune from
-    (what ``distill.runs.resolve_base`` will look for, said in the project's words)."""
-    from distill.registry import Registry
+    """ConflictError (409) unless the project has a production checkpoint to fine-tune from."""
+    from distill.runs import production_checkpoint
     from serve.jobs.worker import registry_dir
 
-    with Registry(registry_dir(settings.data_dir, project_id)) as registry:
-        production = registry.production()
-    if production is None:
-        raise ConflictError(
-            "base: production, but this project has no production model yet: promote one "
-            "first, or choose another base"
-        )
-    if production.weights.suffix != ".pt":
-        raise ConflictError(
-            f"base: production model {production.version} is an imported export, not a "
-            "checkpoint to fine-tune; choose another base"
-        )
+    try:
+        production_checkpoint(registry_dir(settings.data_dir, project_id))
+    except InputError as error:
+        raise ConflictError(f"base: production, but {error}") from None
 
 
 def get_job(db: Database, *, project_id: str, job_id: str) -> JobRecord:

@@ -17,6 +17,7 @@ meaningless, but every step runs and every file is real.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from labeler.demo.run import demo_label_config, load_demo_models
 from labeler.demo.synthetic import write_sample_images
 from labeler.pipeline import LabelConfig, ProgressSink, run_label
 from labeler.review import queue
-from labeler.route import RouteThresholds
+from labeler.route import STUDENT_DISAGREES
 from labeler.store.workspace import Workspace
 
 __all__ = ["LoopSettings", "run_loop_demo"]
@@ -223,20 +224,8 @@ def run_loop_demo(
         student_predictions=load_student_predictions(out / "outbox"),
     )
     report = run_label(round2, progress=sink(), detector=models.detector, verifier=models.verifier)
-    with Workspace(round2.workspace) as store:
-        disagreements = sum(
-            1
-            for row in queue.next_items(
-                store,
-                class_names=round2.ontology.names,
-                thresholds=RouteThresholds(),
-                reviewer="counter",
-                claim_s=0,
-                image_url=str,
-                limit=200,
-                reasons=["student_disagrees"],
-            )
-        )
+    review = json.loads((round2.out_dir / "review.json").read_text())
+    disagreements = sum(1 for item in review if item["reason"].startswith(STUDENT_DISAGREES))
     decided = _auto_review(round2)
     step(
         5,

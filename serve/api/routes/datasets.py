@@ -6,7 +6,6 @@ Thin over ``serve.jobs.dataset_versions``. Labeler and admin keys build; any key
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Response, status
@@ -22,7 +21,7 @@ router = APIRouter(prefix="/v1/projects/{project_id}/datasets", tags=["datasets"
 _ERRORS = error_responses(403, 404, 409, 422)
 
 
-def _public(version: DatasetVersion, data_dir: Path) -> DatasetVersionPublic:
+def _public(version: DatasetVersion) -> DatasetVersionPublic:
     record: dict[str, Any] = version.as_dict()
     # Where the server keeps files is its own business: sources are named by job.
     record["sources"] = [
@@ -60,7 +59,7 @@ def create_dataset_version(
     )
     if not created:
         response.status_code = status.HTTP_200_OK
-    return _public(version, settings.data_dir)
+    return _public(version)
 
 
 @router.get("", summary="The project's dataset versions, oldest first", responses=_ERRORS)
@@ -68,7 +67,7 @@ def list_dataset_versions(
     settings: CurrentSettings, project_id: ReviewProjectId
 ) -> list[DatasetVersionPublic]:
     return [
-        _public(version, settings.data_dir)
+        _public(version)
         for version in versions.dataset_versions(settings.data_dir, project_id).list()
     ]
 
@@ -79,4 +78,4 @@ def get_dataset_version(
     project_id: ReviewProjectId,
     version: Annotated[str, "d3, or latest"],
 ) -> DatasetVersionPublic:
-    return _public(versions.get_version(settings.data_dir, project_id, version), settings.data_dir)
+    return _public(versions.get_version(settings.data_dir, project_id, version))

@@ -350,6 +350,7 @@
     maskLayer.visible(state.showMasks);
     maskLayer.draw();
     document.body.dataset.masksShown = String(state.showMasks);
+    $("masks-button").setAttribute("aria-pressed", String(state.showMasks));
     const item = current();
     const image = item && state.images.get(item.image_sha256);
     if (image && image.complete) drawCrop(image, item);

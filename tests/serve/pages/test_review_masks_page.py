@@ -71,6 +71,7 @@ def test_masks_are_painted_over_their_boxes_and_m_toggles_them(tmp_path: Path, p
         page.keyboard.press("m")
         page.wait_for_function("document.body.dataset.masksShown === 'false'")
         assert not page.evaluate(_MASK_PIXEL, [2, 2])["visible"]
+        assert page.get_attribute("#masks-button", "aria-pressed") == "false"
         page.keyboard.press("m")
         page.wait_for_function("document.body.dataset.masksShown === 'true'")
         assert page.evaluate(_MASK_PIXEL, [2, 2])["visible"]
